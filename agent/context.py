@@ -1,0 +1,65 @@
+"""Run-time resources handed to the graph's nodes: policy, tools, assessor, IQA.
+
+These hold models and tables, so they are not part of the (checkpointed) state. LangGraph
+passes them to every node through ``Runtime.context``. Everything loads lazily.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from agent.iqa import NoReferenceIQA
+from tools.base import ToolRegistry
+
+
+@dataclass
+class RunContext:
+    """Resources one or many runs share.
+
+    Args:
+        policy: a policy name (``default``, ``fast``) or a path to a policy YAML file.
+        registry: tools to plan with; the built-in catalogue when omitted.
+        assessor: an object with ``assess(image) -> DegradationReport``; the calibrated
+            estimator assessor when omitted.
+        iqa_weights_dir: extra folder to look for pyiqa weight files in.
+    """
+
+    policy: Any = "default"
+    registry: ToolRegistry | None = None
+    assessor: Any = None
+    iqa_weights_dir: str | Path | None = None
+    _iqa: NoReferenceIQA | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        from policies import load_policy
+
+        if isinstance(self.policy, (str, Path)):
+            self.policy = load_policy(self.policy)
+        if self.registry is None:
+            from tools import default_registry
+
+            self.registry = default_registry()
+        from policies import validate_tools
+
+        problems = validate_tools(self.policy, self.registry)
+        if problems:
+            raise ValueError(f"policy {self.policy.name!r} does not fit the tool catalogue: " + "; ".join(problems))
+        if self.assessor is None:
+            from agent.perception.assessor import EstimatorAssessor
+
+            self.assessor = EstimatorAssessor()
+
+    @cached_property
+    def iqa(self) -> NoReferenceIQA:
+        """The policy's no-reference metrics (created on first use)."""
+        weights = self.iqa_weights_dir or getattr(self.policy, "iqa_weights_dir", None)
+        return NoReferenceIQA(list(self.policy.iqa_metrics), weights_dir=weights)
+
+    @property
+    def tools(self) -> ToolRegistry:
+        """The tool registry (never ``None`` after construction)."""
+        assert self.registry is not None
+        return self.registry

@@ -1,0 +1,270 @@
+"""The Restora agent as one LangGraph ``StateGraph``.
+
+    ingest -> perceive -> plan --(step)--> act -> verify --(retry)--> act
+                           ^  \\--(done)--> finish        |
+                           \\------(accepted / rolled back)
+
+Every node reads pixels from the run directory and writes new pixels there, so the state and
+its checkpoints hold only paths and small records; a killed run resumes from its last
+checkpoint and produces the same output as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+
+from agent import artifacts
+from agent.context import RunContext
+from agent.degradations import Degradation
+from agent.iqa import IQAScore
+from agent.planning.rule_planner import Intent, next_step, parse_request
+from agent.report import DegradationReport
+from agent.state import InputState, State
+from agent.verify import structural_fidelity, verify_final, verify_step
+from tools.base import ToolError
+
+
+def _report(data: dict[str, Any]) -> DegradationReport:
+    return DegradationReport.model_validate(data)
+
+
+def _iqa(data: dict[str, Any]) -> IQAScore:
+    return IQAScore(values=dict(data.get("values", {})), lower_better=dict(data.get("lower_better", {})))
+
+
+def ingest(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    """Read and validate the input, keep a byte copy, and store normalised pixels."""
+    start = time.perf_counter()
+    ctx = runtime.context
+    run_dir = Path(state["run_dir"])
+    loaded, info = artifacts.ingest_input(Path(state["input_path"]), run_dir, ctx.policy)
+    intent = parse_request(state.get("request"))
+    return {
+        "input_info": info,
+        "input_artifact": loaded,
+        "image_path": loaded,
+        "intent": intent.to_dict(),
+        "handled": [],
+        "accepted": [],
+        "tool_calls": 0,
+        "steps_done": 0,
+        "step": None,
+        "candidate": None,
+        "status": "running",
+        "timings": {"io": time.perf_counter() - start},
+    }
+
+
+def perceive(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    """Assess the input: per-type probability, severity, parameters; and NR-IQA scores."""
+    ctx = runtime.context
+    image = artifacts.read(state["image_path"])
+    start = time.perf_counter()
+    report = ctx.assessor.assess(image)
+    perception = time.perf_counter() - start
+    iqa = ctx.iqa.score(image)
+    verification = time.perf_counter() - start - perception
+    report_dict = report.model_dump(mode="json")
+    return {
+        "input_report": report_dict,
+        "report": report_dict,
+        "input_iqa": iqa.to_dict(),
+        "iqa": iqa.to_dict(),
+        "timings": {"perception": perception, "verification": verification},
+    }
+
+
+def plan(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    """Choose the next step (target degradation and candidate tools) from the current report."""
+    ctx = runtime.context
+    budgets = ctx.policy.budgets
+    if state.get("steps_done", 0) >= budgets.max_steps or state.get("tool_calls", 0) >= budgets.max_tool_calls:
+        return {"step": None}
+    spent = sum(state.get("timings", {}).get(k, 0.0) for k in ("tools", "perception", "verification", "io"))
+    if budgets.time_budget_s is not None and spent >= budgets.time_budget_s:
+        return {"step": None, "attempts": [{"decision": "stop", "reason": f"time budget {budgets.time_budget_s}s spent"}]}
+    step = next_step(
+        _report(state["report"]), state.get("handled", []), Intent.from_dict(state.get("intent")), ctx.policy, ctx.tools
+    )
+    if step is not None and not step["attempts"]:
+        # No tool can restore this type under the policy: record it and move on.
+        return {
+            "step": None,
+            "handled": [*state.get("handled", []), step["target"]],
+            "attempts": [{"target": step["target"], "decision": "skip", "reason": "no candidate tool in policy"}],
+        }
+    return {"step": step, "steps_done": state.get("steps_done", 0) + (step is not None)}
+
+
+def act(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    """Run the current candidate tool on the currently accepted image."""
+    ctx = runtime.context
+    step = state["step"]
+    assert step is not None
+    attempt = step["attempts"][step["attempt"]]
+    index = state.get("tool_calls", 0)
+    image = artifacts.read(state["image_path"])
+    candidate: dict[str, Any] = {"tool": attempt["tool"], "params": attempt["params"], "index": index}
+    start = time.perf_counter()
+    try:
+        result = ctx.tools.get(attempt["tool"])(image, attempt["params"])
+    except (ToolError, ValueError, KeyError) as exc:
+        candidate.update(error=str(exc), seconds=time.perf_counter() - start)
+        return {"candidate": candidate, "tool_calls": index + 1, "timings": {"tools": candidate["seconds"]}}
+    tool_seconds = time.perf_counter() - start
+    io_start = time.perf_counter()
+    candidate["path"] = artifacts.write(Path(state["run_dir"]), f"attempt_{index:02d}_{attempt['tool']}", result.image)
+    candidate["seconds"] = tool_seconds
+    return {
+        "candidate": candidate,
+        "tool_calls": index + 1,
+        "timings": {"tools": tool_seconds, "io": time.perf_counter() - io_start},
+    }
+
+
+def verify(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    """Accept the candidate, or move to the next attempt, or roll the step back."""
+    ctx = runtime.context
+    step = dict(state["step"] or {})
+    candidate = state["candidate"] or {}
+    target = Degradation(step["target"])
+    record: dict[str, Any] = {
+        "step": state.get("steps_done", 0),
+        "target": target.value,
+        "tool": candidate.get("tool"),
+        "params": candidate.get("params"),
+        "seconds": round(candidate.get("seconds", 0.0), 4),
+    }
+    timings: dict[str, float] = {}
+    before = _report(state["report"])
+    if "error" in candidate:
+        record.update(decision="retry", reason=f"tool failed: {candidate['error']}")
+        verdict_accept = False
+    else:
+        io_start = time.perf_counter()
+        prev_image = artifacts.read(state["image_path"])
+        image = artifacts.read(candidate["path"])
+        timings["io"] = time.perf_counter() - io_start
+        start = time.perf_counter()
+        after = ctx.assessor.assess(image)
+        timings["perception"] = time.perf_counter() - start
+        start = time.perf_counter()
+        after_iqa = ctx.iqa.score(image)
+        fidelity = structural_fidelity(prev_image, image)
+        intent = Intent.from_dict(state.get("intent"))
+        verdict = verify_step(
+            target, before, after, _iqa(state["iqa"]), after_iqa, fidelity, ctx.policy.thresholds, intent.protect
+        )
+        timings["verification"] = time.perf_counter() - start
+        verdict_accept = verdict.accept
+        record.update(
+            decision="accept" if verdict.accept else "retry",
+            reason=verdict.reason,
+            checks=verdict.checks,
+            report_after=after.summary(),
+            iqa_after=after_iqa.values,
+            artifact=candidate["path"],
+        )
+    out: dict[str, Any] = {"candidate": None, "timings": timings}
+    if verdict_accept:
+        out.update(
+            image_path=candidate["path"],
+            report=after.model_dump(mode="json"),
+            iqa=after_iqa.to_dict(),
+            handled=[*state.get("handled", []), target.value],
+            accepted=[*state.get("accepted", []), record],
+            step=None,
+        )
+    else:
+        step["attempt"] = step["attempt"] + 1
+        out_of_budget = state.get("tool_calls", 0) >= ctx.policy.budgets.max_tool_calls
+        if step["attempt"] >= len(step["attempts"]) or out_of_budget:
+            record["decision"] = "rollback"
+            record["reason"] += "; no candidate left, step rolled back"
+            out.update(step=None, handled=[*state.get("handled", []), target.value])
+        else:
+            out["step"] = step
+    out["attempts"] = [record]
+    return out
+
+
+def finish(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    """Final check against the input, then write the output, the trace and the report."""
+    ctx = runtime.context
+    run_dir = Path(state["run_dir"])
+    timings: dict[str, float] = {}
+    if state.get("accepted"):
+        start = time.perf_counter()
+        input_image = artifacts.read(state["input_artifact"])
+        output_image = artifacts.read(state["image_path"])
+        timings["io"] = time.perf_counter() - start
+        start = time.perf_counter()
+        fidelity = structural_fidelity(input_image, output_image)
+        verdict = verify_final(
+            _report(state["input_report"]),
+            _report(state["report"]),
+            _iqa(state["input_iqa"]),
+            _iqa(state["iqa"]),
+            fidelity,
+            ctx.policy.thresholds,
+        )
+        timings["verification"] = time.perf_counter() - start
+        if not ctx.policy.thresholds.final_check:
+            final = {"kept": "output", "reason": "final check disabled by policy", "checks": verdict.checks}
+        elif verdict.accept:
+            final = {"kept": "output", "reason": verdict.reason, "checks": verdict.checks}
+        else:
+            final = {"kept": "input", "reason": verdict.reason + "; returning the input", "checks": verdict.checks}
+    else:
+        final = {"kept": "input", "reason": "nothing to fix or no step improved the image; returning the input"}
+    result_artifact = state["image_path"] if final["kept"] == "output" else state["input_artifact"]
+    start = time.perf_counter()
+    final["artifact"] = result_artifact
+    final["output"] = artifacts.write_outputs(
+        run_dir,
+        result_artifact,
+        state.get("output_path"),
+        state["input_path"],
+        bit_depth=int(state.get("input_info", {}).get("bit_depth", 8)),
+    )
+    timings["io"] = timings.get("io", 0.0) + time.perf_counter() - start
+    return {"final": final, "status": "done", "timings": timings}
+
+
+def route_after_plan(state: State) -> Literal["act", "finish"]:
+    """Act when a step was planned, otherwise finish."""
+    return "act" if state.get("step") else "finish"
+
+
+def route_after_verify(state: State) -> Literal["act", "plan"]:
+    """Retry with the next candidate while the step is open; else plan the next step."""
+    return "act" if state.get("step") else "plan"
+
+
+def build_graph() -> StateGraph:
+    """The uncompiled graph (compile it with a checkpointer of your choice)."""
+    builder = StateGraph(State, context_schema=RunContext, input_schema=InputState)
+    builder.add_node("ingest", ingest)
+    builder.add_node("perceive", perceive)
+    builder.add_node("plan", plan)
+    builder.add_node("act", act)
+    builder.add_node("verify", verify)
+    builder.add_node("finish", finish)
+    builder.add_edge(START, "ingest")
+    builder.add_edge("ingest", "perceive")
+    builder.add_edge("perceive", "plan")
+    builder.add_conditional_edges("plan", route_after_plan)
+    builder.add_edge("act", "verify")
+    builder.add_conditional_edges("verify", route_after_verify)
+    builder.add_edge("finish", END)
+    return builder
+
+
+#: The compiled graph without a checkpointer, for ``langgraph.json`` and LangGraph's tools
+#: (their server adds its own persistence). ``agent.runner`` compiles with SQLite.
+graph = build_graph().compile(name="Restora")

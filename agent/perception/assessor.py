@@ -1,0 +1,201 @@
+"""Assessors: image -> :class:`~agent.report.DegradationReport`.
+
+:class:`Assessor` is the protocol every assessor implements (the estimator assessor here, a trained
+CLIP assessor later). :class:`EstimatorAssessor` runs the hand-crafted measurements of
+:mod:`agent.perception.estimators` and maps them through per-type models calibrated on synthetic
+degradations of the calibration split (:mod:`agent.perception.calibrate` writes the JSON it loads):
+
+* presence: a logistic model over a few standardised features, shifted so that probability 0.5 is
+  the operating threshold chosen for a low false-positive rate on clean images;
+* severity: a ridge regression from the same features, clipped to [0, 1] (meaningful when present);
+* parameters under the canonical names, each either read from a measurement or regressed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from agent.degradations import Degradation
+from agent.perception.estimators import measure
+from agent.report import DegradationEstimate, DegradationReport
+
+logger = logging.getLogger(__name__)
+
+#: The calibration shipped with the package (written by ``python -m agent.perception.calibrate``).
+DEFAULT_CALIBRATION = Path(__file__).with_name("estimator_calibration.json")
+
+#: Canonical parameter names per degradation and the range each value is clipped to.
+PARAM_RANGES: dict[Degradation, dict[str, tuple[float, float]]] = {
+    Degradation.NOISE: {"sigma": (0.0, 0.5)},
+    Degradation.MOTION_BLUR: {"length": (1.0, 60.0), "angle": (0.0, 180.0)},
+    Degradation.DEFOCUS_BLUR: {"radius": (0.5, 20.0)},
+    Degradation.JPEG: {"quality": (1.0, 100.0)},
+    Degradation.LOW_RESOLUTION: {"scale": (0.1, 1.0)},
+    Degradation.HAZE: {"density": (0.0, 1.0), "airlight": (0.0, 1.0)},
+    Degradation.RAIN: {"energy": (0.0, 1.0), "angle": (0.0, 180.0)},
+    Degradation.RAINDROP: {"coverage": (0.0, 1.0)},
+    Degradation.LOW_LIGHT: {"exposure": (0.0, 1.0), "gain": (1.0, 20.0)},
+    Degradation.COLOR_CAST: {"r_gain": (0.2, 5.0), "g_gain": (0.2, 5.0), "b_gain": (0.2, 5.0)},
+}
+
+_LOG_FLOOR = 1e-4
+
+
+@runtime_checkable
+class Assessor(Protocol):
+    """Anything that turns an image into a :class:`DegradationReport`."""
+
+    name: str
+
+    def assess(self, image: np.ndarray) -> DegradationReport:
+        """Per-type probability, severity and parameters for ``image`` (float32 RGB in [0, 1])."""
+        ...
+
+
+def feature_value(name: str, measurements: Mapping[str, float]) -> float:
+    """Evaluate one model feature: a measurement name, optionally prefixed by a transform.
+
+    ``"log:key"`` is ``log10(max(value, 1e-4))``; a plain ``"key"`` is the value itself.
+
+    Raises:
+        KeyError: if the measurement does not exist (the calibration and the estimators disagree).
+    """
+    transform, _, key = name.rpartition(":")
+    if key not in measurements:
+        raise KeyError(
+            f"feature {name!r} needs measurement {key!r}, which estimators.measure() does not produce; "
+            "re-run python -m agent.perception.calibrate"
+        )
+    value = float(measurements[key])
+    if transform == "log":
+        return math.log10(max(value, _LOG_FLOOR))
+    if transform:
+        raise ValueError(f"unknown feature transform {transform!r} in {name!r}; known: log")
+    return value
+
+
+def feature_matrix(names: list[str], rows: list[Mapping[str, float]]) -> np.ndarray:
+    """Stack the features ``names`` of many measurement dicts into an (n, d) float64 array."""
+    return np.array([[feature_value(n, row) for n in names] for row in rows], dtype=np.float64).reshape(
+        len(rows), len(names)
+    )
+
+
+class LinearModel:
+    """A linear function of standardised features, as stored in the calibration file."""
+
+    def __init__(self, spec: Mapping[str, Any]) -> None:
+        self.features: list[str] = list(spec["features"])
+        self.mean = np.asarray(spec["mean"], dtype=np.float64)
+        self.std = np.asarray(spec["std"], dtype=np.float64)
+        self.coef = np.asarray(spec["coef"], dtype=np.float64)
+        self.intercept = float(spec["intercept"])
+        if not len(self.features) == len(self.mean) == len(self.std) == len(self.coef):
+            raise ValueError("calibration model has features, mean, std and coef of different lengths")
+
+    def __call__(self, measurements: Mapping[str, float]) -> float:
+        """The linear score for one measurement dict."""
+        x = np.array([feature_value(n, measurements) for n in self.features])
+        return float(((x - self.mean) / self.std) @ self.coef + self.intercept)
+
+
+def _sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+
+
+class _TypeModel:
+    """Presence, severity and parameter models of one degradation type."""
+
+    def __init__(self, degradation: Degradation, spec: Mapping[str, Any]) -> None:
+        self.degradation = degradation
+        self.presence = LinearModel(spec["presence"])
+        threshold = float(spec["presence"].get("threshold", 0.5))
+        self.logit_shift = math.log(threshold / (1.0 - threshold))
+        self.severity = LinearModel(spec["severity"])
+        self.params: dict[str, dict[str, Any]] = {}
+        for name, param_spec in spec.get("params", {}).items():
+            entry = dict(param_spec)
+            if entry["kind"] == "linear":
+                entry["model"] = LinearModel(param_spec)
+            elif entry["kind"] not in ("measurement", "constant"):
+                raise ValueError(f"{degradation.value}.{name}: unknown parameter kind {entry['kind']!r}")
+            self.params[name] = entry
+
+    def estimate(self, measurements: Mapping[str, float]) -> DegradationEstimate:
+        probability = _sigmoid(self.presence(measurements) - self.logit_shift)
+        severity = float(np.clip(self.severity(measurements), 0.0, 1.0))
+        params = {name: self._param(name, entry, measurements) for name, entry in self.params.items()}
+        return DegradationEstimate(probability=probability, severity=severity, params=params)
+
+    def _param(self, name: str, entry: Mapping[str, Any], measurements: Mapping[str, float]) -> float:
+        if entry["kind"] == "constant":
+            value = float(entry["value"])
+        elif entry["kind"] == "measurement":
+            value = float(entry.get("scale", 1.0)) * feature_value(entry["key"], measurements)
+            value += float(entry.get("offset", 0.0))
+        else:
+            value = entry["model"](measurements)
+        if entry.get("transform") == "log":
+            value = 10.0**value
+        low, high = PARAM_RANGES.get(self.degradation, {}).get(name, (-math.inf, math.inf))
+        return float(np.clip(value, low, high))
+
+
+class EstimatorAssessor:
+    """Hand-crafted measurements mapped to calibrated per-type probabilities, severities and parameters.
+
+    Args:
+        calibration: Path of the calibration JSON, or the already-loaded dict; ``None`` uses the
+            file shipped with the package (:data:`DEFAULT_CALIBRATION`).
+        max_pixels: Passed to :func:`~agent.perception.estimators.measure`.
+
+    Raises:
+        FileNotFoundError: if the calibration file is missing (the message says how to create it).
+    """
+
+    name = "estimators"
+
+    def __init__(self, calibration: Path | str | Mapping[str, Any] | None = None, max_pixels: int = 1_000_000):
+        if isinstance(calibration, Mapping):
+            data = dict(calibration)
+            self.calibration_path: Path | None = None
+        else:
+            path = Path(calibration) if calibration is not None else DEFAULT_CALIBRATION
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"estimator calibration {path} not found; create it with "
+                    "`python -m agent.perception.calibrate` (needs the BSD100 images under shared/data/clean)"
+                )
+            data = json.loads(path.read_text())
+            self.calibration_path = path
+        self.max_pixels = max_pixels
+        self.metadata: dict[str, Any] = dict(data.get("metadata", {}))
+        models = data.get("models", {})
+        self.models: dict[Degradation, _TypeModel] = {}
+        for degradation in Degradation:
+            if degradation.value not in models:
+                raise ValueError(
+                    f"calibration has no model for {degradation.value}; re-run python -m agent.perception.calibrate"
+                )
+            self.models[degradation] = _TypeModel(degradation, models[degradation.value])
+
+    def assess(self, image: np.ndarray) -> DegradationReport:
+        """Measure ``image`` and report every degradation type (see :meth:`assess_measurements`)."""
+        start = time.perf_counter()
+        measurements = measure(image, max_pixels=self.max_pixels)
+        report = self.assess_measurements(measurements)
+        report.seconds = time.perf_counter() - start
+        return report
+
+    def assess_measurements(self, measurements: Mapping[str, float]) -> DegradationReport:
+        """Apply the calibrated models to measurements already taken with :func:`measure`."""
+        estimates = {d: model.estimate(measurements) for d, model in self.models.items()}
+        return DegradationReport(assessor=self.name, estimates=estimates, measurements=dict(measurements))

@@ -1,0 +1,157 @@
+"""Planner v0: rules in reverse physical order, candidate tools from the policy.
+
+The planner is called after every accepted or abandoned step with the current report, so a
+degradation that only becomes visible after another one is removed (blur under noise) is still
+found: perceive -> plan one step -> act -> verify -> plan again.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.degradations import ALL_DEGRADATIONS, Degradation, restoration_order
+from agent.report import DegradationReport
+from tools.base import ToolRegistry
+
+#: Words that name each degradation in a request (v0 keyword matching; issue 6 brings a parser).
+_KEYWORDS: dict[Degradation, tuple[str, ...]] = {
+    Degradation.NOISE: ("noise", "noisy", "grain", "denoise"),
+    Degradation.MOTION_BLUR: ("motion blur", "shake", "motion"),
+    Degradation.DEFOCUS_BLUR: ("defocus", "out of focus", "bokeh", "blur", "blurry", "deblur", "sharpen"),
+    Degradation.JPEG: ("jpeg", "compression", "block", "artifact"),
+    Degradation.LOW_RESOLUTION: ("resolution", "upscale", "super-resolution", "pixelated", "upsample"),
+    Degradation.HAZE: ("haze", "hazy", "fog", "foggy", "mist", "dehaze"),
+    Degradation.RAIN: ("rain", "streak", "derain"),
+    Degradation.RAINDROP: ("raindrop", "droplet", "water drop"),
+    Degradation.LOW_LIGHT: ("dark", "low light", "low-light", "underexposed", "brighten", "exposure", "dim"),
+    Degradation.COLOR_CAST: ("colour cast", "color cast", "tint", "white balance", "colour", "color"),
+}
+_PROTECT_PATTERNS = (r"\bkeep\b", r"\bpreserve\b", r"\bdon'?t (?:touch|remove|change)\b", r"\bleave\b", r"\bnot\b")
+
+
+@dataclass
+class Intent:
+    """What a request asks: fix only some degradations, never touch others."""
+
+    only: list[Degradation] | None = None
+    protect: list[Degradation] = field(default_factory=list)
+    text: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form for the state and the trace."""
+        return {
+            "only": None if self.only is None else [d.value for d in self.only],
+            "protect": [d.value for d in self.protect],
+            "text": self.text,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Intent:
+        """Inverse of :meth:`to_dict`."""
+        if not data:
+            return cls()
+        only = data.get("only")
+        return cls(
+            only=None if only is None else [Degradation(d) for d in only],
+            protect=[Degradation(d) for d in data.get("protect", [])],
+            text=data.get("text"),
+        )
+
+
+def _mentions(clause: str) -> list[Degradation]:
+    found: list[Degradation] = []
+    # Longer phrases first so "motion blur" is not also read as generic "blur".
+    taken = clause
+    for deg, words in sorted(_KEYWORDS.items(), key=lambda kv: -max(len(w) for w in kv[1])):
+        for word in sorted(words, key=len, reverse=True):
+            if re.search(rf"\b{re.escape(word)}", taken):
+                found.append(deg)
+                taken = re.sub(rf"\b{re.escape(word)}\w*", " ", taken)
+                break
+    return found
+
+
+def parse_request(text: str | None) -> Intent:
+    """Read a request into an :class:`Intent` with keyword rules (v0).
+
+    Clauses are split on "but", "and", commas; a clause with "keep"/"preserve"/"don't touch"
+    protects what it names, any other clause asks to fix what it names. "everything", "all"
+    or an empty request means: fix whatever is found.
+    """
+    if not text or not text.strip():
+        return Intent()
+    lowered = text.lower()
+    fix: list[Degradation] = []
+    protect: list[Degradation] = []
+    for clause in re.split(r"\bbut\b|,|;|\band\b|\bwhile\b", lowered):
+        named = _mentions(clause)
+        if not named:
+            continue
+        if any(re.search(p, clause) for p in _PROTECT_PATTERNS):
+            protect.extend(d for d in named if d not in protect)
+        else:
+            fix.extend(d for d in named if d not in fix)
+    wants_all = bool(re.search(r"\b(all|everything|whatever)\b", lowered))
+    only = None if wants_all or not fix else [d for d in fix if d not in protect]
+    return Intent(only=only, protect=protect, text=text)
+
+
+def expand_candidates(policy: Any, registry: ToolRegistry, degradation: Degradation, report: DegradationReport) -> list[
+    dict[str, Any]
+]:
+    """The ordered attempts for one degradation: each candidate tool at each of its strengths.
+
+    Parameters come from, in increasing priority: the tool's defaults, the tool's own
+    ``suggest`` from the report, and the policy's fixed params.
+    """
+    attempts: list[dict[str, Any]] = []
+    for candidate in policy.candidates_for(degradation):
+        if candidate.tool not in registry:
+            continue
+        tool = registry.get(candidate.tool)
+        suggested = tool.suggest(report, degradation)
+        params = {**suggested, **candidate.params}
+        strengths = candidate.strengths or [1.0]
+        for strength in strengths:
+            step_params = dict(params)
+            if any(p.name == "strength" for p in tool.spec.params):
+                step_params["strength"] = strength
+            attempts.append({"tool": candidate.tool, "params": tool.spec.resolve(step_params)})
+    return attempts[: policy.budgets.max_attempts_per_step]
+
+
+def next_step(
+    report: DegradationReport,
+    handled: list[str],
+    intent: Intent,
+    policy: Any,
+    registry: ToolRegistry,
+) -> dict[str, Any] | None:
+    """The next step to take, or ``None`` when nothing is left to fix.
+
+    Picks, among the degradations the report finds present and not yet handled, the first in
+    the policy's restoration order; the request can narrow (``only``) or protect types.
+    """
+    threshold = policy.thresholds.presence_threshold
+    present = [d for d in report.present(threshold) if d.value not in handled and d not in intent.protect]
+    if intent.only is not None:
+        present = [d for d in present if d in intent.only]
+    if not present:
+        return None
+    order = [Degradation(d) for d in policy.order_prior] if policy.order_prior else restoration_order(ALL_DEGRADATIONS)
+    rank = {d: i for i, d in enumerate(order)}
+    present.sort(key=lambda d: (rank.get(d, len(rank)), -report.probability(d)))
+    target = present[0]
+    attempts = expand_candidates(policy, registry, target, report)
+    estimate = report.estimates[target]
+    return {
+        "target": target.value,
+        "attempts": attempts,
+        "attempt": 0,
+        "rationale": (
+            f"{target.value} present (p={estimate.probability:.2f}, severity={estimate.severity:.2f}); "
+            f"first in restoration order among {[d.value for d in present]}"
+        ),
+    }

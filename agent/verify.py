@@ -1,0 +1,152 @@
+"""Verification of one restoration step and of the whole run.
+
+A step is accepted only when (1) the degradation it targeted dropped, (2) no other degradation
+rose above the presence threshold, (3) no-reference quality did not get worse beyond the
+policy's tolerance, and (4) the result still has the structure of its input (fidelity guard).
+The final check compares the output with the input the same way, so the agent can decide to
+"leave it alone".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from agent.degradations import Degradation
+from agent.iqa import IQAScore, relative_change
+from agent.report import DegradationReport
+from tools.imageops import gray
+
+
+@dataclass
+class Verdict:
+    """The outcome of verifying one candidate image."""
+
+    accept: bool
+    reason: str
+    checks: dict[str, Any] = field(default_factory=dict)
+
+
+def structural_fidelity(reference: np.ndarray, candidate: np.ndarray, max_side: int = 256) -> float:
+    """Mean local structure correlation (SSIM's structure term) between two images.
+
+    Computed on grayscale images reduced to at most ``max_side`` pixels so that noise, JPEG
+    blocks and rain streaks (fine scale) do not count, while lost or invented shapes do. It is
+    insensitive to brightness and contrast changes, which restoration is allowed to make.
+    """
+    a, b = gray(reference), gray(candidate)
+    if a.shape != b.shape:
+        b = cv2.resize(b, (a.shape[1], a.shape[0]), interpolation=cv2.INTER_AREA)
+    h, w = a.shape
+    f = min(1.0, max_side / max(h, w))
+    if f < 1.0:
+        size = (max(8, round(w * f)), max(8, round(h * f)))
+        a = cv2.resize(a, size, interpolation=cv2.INTER_AREA)
+        b = cv2.resize(b, size, interpolation=cv2.INTER_AREA)
+
+    def blur(x: np.ndarray) -> np.ndarray:
+        return cv2.GaussianBlur(x, (7, 7), 1.5, borderType=cv2.BORDER_REFLECT)
+
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = np.maximum(blur(a * a) - mu_a**2, 0.0)
+    var_b = np.maximum(blur(b * b) - mu_b**2, 0.0)
+    cov = blur(a * b) - mu_a * mu_b
+    c3 = (0.03**2) / 2
+    structure = (cov + c3) / (np.sqrt(var_a * var_b) + c3)
+    return float(np.mean(structure))
+
+
+def degradation_load(report: DegradationReport, threshold: float) -> float:
+    """How degraded an image looks: sum over present types of probability x (0.5 + severity)."""
+    load = 0.0
+    for estimate in report.estimates.values():
+        if estimate.probability >= threshold:
+            load += estimate.probability * (0.5 + estimate.severity)
+    return load
+
+
+def iqa_gain(before: IQAScore, after: IQAScore) -> float | None:
+    """Mean relative NR-IQA improvement over the metrics both scores have (``None`` if none)."""
+    changes = relative_change(before, after)
+    return float(np.mean(list(changes.values()))) if changes else None
+
+
+def verify_step(
+    target: Degradation,
+    before: DegradationReport,
+    after: DegradationReport,
+    before_iqa: IQAScore,
+    after_iqa: IQAScore,
+    fidelity: float,
+    thresholds: Any,
+    protected: list[Degradation] | None = None,
+) -> Verdict:
+    """Decide whether a step that targeted ``target`` made things better.
+
+    ``thresholds`` is the policy's thresholds section (presence_threshold, min_target_drop,
+    max_other_rise, iqa_tolerance, min_fidelity).
+    """
+    threshold = thresholds.presence_threshold
+    prob_drop = before.probability(target) - after.probability(target)
+    sev_drop = before.severity(target) - after.severity(target)
+    rises = {
+        d.value: round(after.probability(d) - before.probability(d), 4)
+        for d in after.estimates
+        if d != target
+        and after.probability(d) >= threshold
+        and after.probability(d) - before.probability(d) > thresholds.max_other_rise
+    }
+    protected_rises = [
+        d.value for d in (protected or []) if after.probability(d) < before.probability(d) - thresholds.max_other_rise
+    ]
+    gain = iqa_gain(before_iqa, after_iqa)
+    checks: dict[str, Any] = {
+        "target_probability_drop": round(prob_drop, 4),
+        "target_severity_drop": round(sev_drop, 4),
+        "other_rises": rises,
+        "iqa_gain": None if gain is None else round(gain, 4),
+        "fidelity": round(fidelity, 4),
+    }
+    target_dropped = prob_drop >= thresholds.min_target_drop or sev_drop >= thresholds.min_target_drop
+    if not target_dropped:
+        return Verdict(False, f"{target.value} did not drop enough", checks)
+    if rises:
+        return Verdict(False, "other degradations rose: " + ", ".join(f"{k} +{v}" for k, v in rises.items()), checks)
+    if protected_rises:
+        return Verdict(False, "removed a protected effect: " + ", ".join(protected_rises), checks)
+    if gain is not None and gain < -thresholds.iqa_tolerance:
+        return Verdict(False, f"no-reference quality fell by {-gain:.1%}", checks)
+    if fidelity < thresholds.min_fidelity:
+        return Verdict(False, f"structure drifted from the input (fidelity {fidelity:.3f})", checks)
+    return Verdict(True, f"{target.value} reduced", checks)
+
+
+def verify_final(
+    input_report: DegradationReport,
+    output_report: DegradationReport,
+    input_iqa: IQAScore,
+    output_iqa: IQAScore,
+    fidelity: float,
+    thresholds: Any,
+) -> Verdict:
+    """Whether the output beats the input; otherwise the agent returns the input unchanged."""
+    threshold = thresholds.presence_threshold
+    load_in = degradation_load(input_report, threshold)
+    load_out = degradation_load(output_report, threshold)
+    gain = iqa_gain(input_iqa, output_iqa)
+    checks = {
+        "input_load": round(load_in, 4),
+        "output_load": round(load_out, 4),
+        "iqa_gain": None if gain is None else round(gain, 4),
+        "fidelity": round(fidelity, 4),
+    }
+    if load_out > load_in - thresholds.final_margin:
+        return Verdict(False, "the output does not look less degraded than the input", checks)
+    if gain is not None and gain < -thresholds.iqa_tolerance:
+        return Verdict(False, f"no-reference quality of the output is {-gain:.1%} worse than the input", checks)
+    if fidelity < thresholds.min_fidelity:
+        return Verdict(False, f"the output drifted from the input's structure (fidelity {fidelity:.3f})", checks)
+    return Verdict(True, "the output is less degraded than the input", checks)

@@ -1,0 +1,138 @@
+"""Benchmark the agent on AgenticIR's 16 MiO100 combinations over clean evaluation images.
+
+    python -m evals.bench_agent [--shared ../shared] [--policy default] [--per-combo 3] [--out bench-out]
+
+Builds the synthetic set (one clean image per degraded image, crops of at most 512x512 from the
+evaluation split: LIVE1, McMaster and Set14 photos; the calibration images are never used),
+runs the agent on each, and prints PSNR/SSIM on Y of input and output per combination and
+group, the share of images improved, the worst change, the median wall time per image
+(and per 512x512-equivalent), and the share of time outside tools, perception and verification.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def build_set(shared: Path, per_combo: int, seed: int) -> list[dict[str, Any]]:
+    """The degraded images: ``per_combo`` distinct clean crops for each MiO100 combination."""
+    from evals.synthesis import MIO100_COMBINATIONS, clean_split, load_clean_images, synthesize
+
+    split = clean_split(shared)
+    images = load_clean_images(split["evaluation"], crop=512, seed=seed)
+    needed = per_combo * len(MIO100_COMBINATIONS)
+    if len(images) < needed:
+        raise SystemExit(f"need {needed} clean evaluation images, found {len(images)} under {shared}")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(images))[:needed]
+    items = []
+    for k, (combo, degradations) in enumerate(MIO100_COMBINATIONS.items()):
+        for j in range(per_combo):
+            name, clean = images[int(order[k * per_combo + j])]
+            synth = synthesize(clean, list(degradations), seed=seed * 1000 + k * 10 + j, preset="mio100")
+            items.append({"combo": combo, "name": name, "clean": clean, "degraded": synth.image,
+                          "applied": [(d.value, p) for d, p in synth.applied]})
+    return items
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print its tables."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shared", default=str(Path(__file__).resolve().parents[1].parent / "shared"))
+    parser.add_argument("--policy", default="default")
+    parser.add_argument("--per-combo", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=2025)
+    parser.add_argument("--out", default="bench-out")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N images (smoke test)")
+    args = parser.parse_args(argv)
+
+    from tqdm import tqdm
+
+    from agent.context import RunContext
+    from agent.imageio import load_image, save_image
+    from agent.runner import restore_image
+    from evals.metrics import psnr, ssim
+
+    shared = Path(args.shared)
+    if not (shared / "data" / "clean").is_dir():
+        print(f"error: {shared}/data/clean not found; pass --shared", file=sys.stderr)
+        return 2
+    items = build_set(shared, args.per_combo, args.seed)[: args.limit]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    context = RunContext(policy=args.policy)
+    context.iqa.active  # load metrics before timing
+    rows = []
+    for i, item in enumerate(tqdm(items, desc="benchmark", unit="img", file=sys.stderr)):
+        stem = f"{i:03d}_{item['combo']}_{Path(item['name']).stem}"
+        input_path = out / "inputs" / f"{stem}.png"
+        save_image(item["degraded"], input_path, bit_depth=16)
+        start = time.perf_counter()
+        result = restore_image(input_path, out / "runs" / stem, context, output_path=out / "outputs" / f"{stem}.png")
+        wall = time.perf_counter() - start
+        restored = load_image(result.output_path).image
+        degraded = load_image(input_path).image
+        clean = item["clean"]
+        timings = result.trace.get("timings", {})
+        work = sum(timings.get(k, 0.0) for k in ("tools", "perception", "verification"))
+        rows.append({
+            "stem": stem, "combo": item["combo"], "group": item["combo"][0], "applied": item["applied"],
+            "psnr_in": psnr(degraded, clean), "psnr_out": psnr(restored, clean),
+            "ssim_in": ssim(degraded, clean), "ssim_out": ssim(restored, clean),
+            "pixels": int(clean.shape[0] * clean.shape[1]), "wall": wall, "work": work,
+            "steps": [s["tool"] for s in result.trace.get("accepted", [])], "kept": result.kept,
+            "tool_calls": result.trace.get("tool_calls", 0),
+        })
+    (out / "results.json").write_text(json.dumps(rows, indent=2))
+    print_report(rows, args.policy)
+    return 0
+
+
+def print_report(rows: list[dict[str, Any]], policy: str) -> None:
+    """Print per-combination and per-group tables and the acceptance figures."""
+    def line(label: str, sel: list[dict[str, Any]]) -> str:
+        pi = np.mean([r["psnr_in"] for r in sel])
+        po = np.mean([r["psnr_out"] for r in sel])
+        si = np.mean([r["ssim_in"] for r in sel])
+        so = np.mean([r["ssim_out"] for r in sel])
+        return f"{label:<34} {len(sel):>3} {pi:7.2f} {po:7.2f} {po - pi:+6.2f} {si:6.3f} {so:6.3f}"
+
+    from evals.synthesis import MIO100_COMBINATIONS
+
+    print(f"\npolicy: {policy}")
+    print(f"{'combination':<34} {'n':>3} {'PSNR_in':>7} {'PSNR_out':>7} {'gain':>6} {'SSIMin':>6} {'SSIMout':>6}")
+    for combo, degs in MIO100_COMBINATIONS.items():
+        sel = [r for r in rows if r["combo"] == combo]
+        if sel:
+            print(line(f"{combo} {'+'.join(str(d) for d in degs)}", sel))
+    for group in "ABC":
+        sel = [r for r in rows if r["group"] == group]
+        if sel:
+            print(line(f"group {group}", sel))
+    print(line("all", rows))
+    deltas = np.array([r["psnr_out"] - r["psnr_in"] for r in rows])
+    improved = float(np.mean(deltas > 0.01))
+    walls = [r["wall"] for r in rows]
+    norm = [r["wall"] * 512 * 512 / r["pixels"] for r in rows]
+    overhead = [(r["wall"] - r["work"]) / r["wall"] for r in rows if r["wall"] > 0]
+    print(f"\nmean PSNR gain        : {deltas.mean():+.2f} dB (target >= +2.0)")
+    print(f"images improved       : {improved:.1%} (target >= 85 %)")
+    print(f"worst change          : {deltas.min():+.2f} dB (target >= -0.3)")
+    print(f"images worse > 0.3 dB : {int(np.sum(deltas < -0.3))}")
+    print(f"input returned        : {sum(r['kept'] == 'input' for r in rows)} of {len(rows)}")
+    print(f"median wall per image : {statistics.median(walls):.2f} s "
+          f"({statistics.median(norm):.2f} s per 512x512-equivalent; target <= 3 s)")
+    print(f"graph/ckpt/io share   : {statistics.median(overhead):.1%} median (target < 10 %)")
+    print(f"mean tool calls       : {np.mean([r['tool_calls'] for r in rows]):.1f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
