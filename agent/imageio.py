@@ -514,7 +514,8 @@ def _finish(
             notes.append("transparency composited over white; alpha kept for saving")
         else:
             notes.append("alpha channel dropped (stored colours kept); alpha kept for saving")
-    image = np.ascontiguousarray(np.clip(rgb, 0.0, 1.0), dtype=np.float32)
+    image = np.ascontiguousarray(rgb, dtype=np.float32)  # a fresh array: decoders never return caller data
+    np.clip(image, 0.0, 1.0, out=image)
     if image.shape[0] < MIN_SIDE or image.shape[1] < MIN_SIDE:
         raise ImageInputError(f"{path} decodes to {image.shape[1]}x{image.shape[0]} pixels; need 8x8 at least")
     for note in notes:
@@ -622,9 +623,12 @@ def _to_integer_pixels(image: np.ndarray, alpha: np.ndarray | None, bit_depth: i
         if alpha.shape != image.shape[:2]:
             raise ImageOutputError(f"alpha has shape {alpha.shape}, expected {image.shape[:2]}")
         channels.append(alpha)
-    stacked = np.stack(channels, axis=2).astype(np.float64)
+    stacked = np.stack(channels, axis=2).astype(np.float32)
     scale, dtype = (65535.0, np.uint16) if bit_depth == 16 else (255.0, np.uint8)
-    return np.round(np.clip(stacked, 0.0, 1.0) * scale).astype(dtype)
+    np.clip(stacked, 0.0, 1.0, out=stacked)
+    stacked *= scale
+    stacked += 0.5  # round half up; exact for every 16-bit level in float32
+    return stacked.astype(dtype)
 
 
 def _fsync_folder(folder: Path) -> None:
