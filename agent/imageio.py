@@ -47,6 +47,8 @@ IMAGE_SUFFIXES = frozenset(
 #: Pillow decoders :func:`load_image` lets run; anything else (EPS, PSD, ...) is refused up front. JPEG covers MPO.
 _PILLOW_FORMATS = ("PNG", "JPEG", "BMP", "DIB", "TIFF", "WEBP", "GIF", "PPM")
 _SUPPORTED = "PNG, JPEG, BMP, TIFF, WebP, GIF, PPM"
+#: zlib level for PNG output: 1 is about 30 % faster than 3 for files about 8 % larger.
+_PNG_COMPRESSION = 1
 
 _ORIENTATION_TAG = ExifTags.Base.Orientation.value
 _ORIENTATION_WORDS = {
@@ -578,7 +580,7 @@ def save_image(
         raise ImageOutputError(f"{target} already exists; pass overwrite=True or choose another name")
     pixels = _to_integer_pixels(image, alpha, bit_depth)
 
-    ok, encoded = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    ok, encoded = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, _PNG_COMPRESSION])
     if not ok:
         raise ImageOutputError(f"PNG encoding failed for {target}")
     target.parent.mkdir(parents=True, exist_ok=True)

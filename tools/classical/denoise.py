@@ -40,12 +40,12 @@ _OPPONENT /= np.linalg.norm(_OPPONENT, axis=1, keepdims=True)
 #: Below this standard deviation (about half an 8-bit level) a channel is left untouched.
 _MIN_SIGMA = 0.5 / 255.0
 
-_PATCH = 8
+PATCH = 8
 _HARD_THRESHOLD = 2.5  # in units of sigma; 2.35-2.7 are equally good on BSD100 at sigma 15-50
 
 # Sliding-DCT basis (orthonormal DCT-II), as correlation taps and as flipped (convolution) taps.
-_n = np.arange(_PATCH)
-_DCT = np.sqrt(2.0 / _PATCH) * np.cos(np.pi * (2 * _n[None, :] + 1) * _n[:, None] / (2 * _PATCH))
+_n = np.arange(PATCH)
+_DCT = np.sqrt(2.0 / PATCH) * np.cos(np.pi * (2 * _n[None, :] + 1) * _n[:, None] / (2 * PATCH))
 _DCT[0] /= np.sqrt(2.0)
 _DCT_TAPS = [np.ascontiguousarray(row, dtype=np.float32) for row in _DCT]
 _DCT_FLIPPED = [np.ascontiguousarray(row[::-1], dtype=np.float32) for row in _DCT]
@@ -150,7 +150,12 @@ def _suggest_noise_params(report: DegradationReport) -> dict[str, Any]:
 
 
 _SIGMA = Param(
-    "sigma", "float", 0.0, 0.0, 0.3, description="noise std in [0, 1] units (at the mean intensity if poisson); 0 = estimate"
+    "sigma",
+    "float",
+    0.0,
+    0.0,
+    0.3,
+    description="noise std in [0, 1] units (at the mean intensity if poisson); 0 = estimate",
 )
 _POISSON = Param("poisson", "bool", False, description="signal-dependent (Poisson) noise: stabilise variance first")
 
@@ -168,33 +173,54 @@ def _col_filter(x: np.ndarray, taps: np.ndarray, anchor: int) -> np.ndarray:
     return cv2.filter2D(x, -1, taps[:, None], anchor=(0, anchor), borderType=cv2.BORDER_CONSTANT)
 
 
-class _PatchDCT:
-    """DCT coefficients of every 8x8 patch of a padded channel, one frequency at a time.
+class SlidingDCT:
+    """Orthonormal DCT coefficients of every 8x8 patch of a padded channel, one frequency at a time.
 
-    ``coefficient(k, l)`` is an image whose pixel ``p`` holds coefficient (k, l) of the patch whose
+    ``coefficient(u, v)`` is an image whose pixel ``p`` holds coefficient (u, v) of the patch whose
     top-left corner is ``p``. Row transforms are computed once; column transforms on demand.
     """
 
     def __init__(self, padded: np.ndarray) -> None:
-        self.rows = [_row_filter(padded, _DCT_TAPS[l], 0) for l in range(_PATCH)]
+        self.rows = [_row_filter(padded, _DCT_TAPS[v], 0) for v in range(PATCH)]
 
-    def coefficient(self, k: int, l: int) -> np.ndarray:
-        return _col_filter(self.rows[l], _DCT_TAPS[k], 0)
+    def coefficient(self, u: int, v: int) -> np.ndarray:
+        """Coefficient (u, v) (vertical, horizontal frequency) of every patch, as an image."""
+        return _col_filter(self.rows[v], _DCT_TAPS[u], 0)
 
 
-def _aggregate(weighted: Callable[[int, int], np.ndarray], weights: np.ndarray) -> np.ndarray:
+def pad_for_patches(channel: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[slice, slice]]:
+    """Reflect-pad a channel for :class:`SlidingDCT`.
+
+    Returns:
+        The padded channel, a 0/1 mask of the patch positions that overlap the image (use it as or in
+        the aggregation weights), and the slices that crop the aggregate back to the image.
+    """
+    h, w = channel.shape
+    pad = PATCH - 1
+    padded = cv2.copyMakeBorder(np.ascontiguousarray(channel, dtype=np.float32), pad, pad, pad, pad, cv2.BORDER_REFLECT)
+    valid = np.zeros(padded.shape, np.float32)
+    valid[: h + pad, : w + pad] = 1.0
+    return padded, valid, (slice(pad, pad + h), slice(pad, pad + w))
+
+
+def aggregate_patches(weighted: Callable[[int, int], np.ndarray], weights: np.ndarray) -> np.ndarray:
     """Inverse-transform every patch, weight it and average the overlapping pixels.
 
-    ``weighted(k, l)`` returns the (already weighted) coefficient image of frequency (k, l).
+    Args:
+        weighted: ``weighted(u, v)`` returns the (already weighted) coefficient image of frequency (u, v).
+        weights: The per-patch weights that were applied (zero outside the patches to use).
+
+    Returns:
+        The aggregate on the padded grid; crop it with the slices of :func:`pad_for_patches`.
     """
     total = np.zeros_like(weights)
-    for k in range(_PATCH):
+    for u in range(PATCH):
         rows = np.zeros_like(weights)
-        for l in range(_PATCH):
-            rows += _row_filter(weighted(k, l), _DCT_FLIPPED[l], _PATCH - 1)
-        total += _col_filter(rows, _DCT_FLIPPED[k], _PATCH - 1)
-    anchor = (_PATCH - 1, _PATCH - 1)
-    norm = cv2.boxFilter(weights, -1, (_PATCH, _PATCH), anchor=anchor, normalize=False, borderType=cv2.BORDER_CONSTANT)
+        for v in range(PATCH):
+            rows += _row_filter(weighted(u, v), _DCT_FLIPPED[v], PATCH - 1)
+        total += _col_filter(rows, _DCT_FLIPPED[u], PATCH - 1)
+    anchor = (PATCH - 1, PATCH - 1)
+    norm = cv2.boxFilter(weights, -1, (PATCH, PATCH), anchor=anchor, normalize=False, borderType=cv2.BORDER_CONSTANT)
     return total / np.maximum(norm, 1e-12)
 
 
@@ -209,43 +235,37 @@ def dct_denoise_channel(channel: np.ndarray, sigma: float, wiener: bool = True) 
     Returns:
         The denoised (H, W) float32 channel.
     """
-    h, w = channel.shape
-    pad = _PATCH - 1
-    padded = cv2.copyMakeBorder(np.ascontiguousarray(channel, dtype=np.float32), pad, pad, pad, pad, cv2.BORDER_REFLECT)
-    valid = np.zeros(padded.shape, np.float32)
-    valid[: h + pad, : w + pad] = 1.0  # every patch that overlaps the image
-    crop = (slice(pad, pad + h), slice(pad, pad + w))
-
-    noisy = _PatchDCT(padded)
+    padded, valid, crop = pad_for_patches(channel)
+    noisy = SlidingDCT(padded)
     threshold = np.float32(_HARD_THRESHOLD * sigma)
 
-    def hard(k: int, l: int) -> np.ndarray:
-        c = noisy.coefficient(k, l)
-        return c if k == 0 and l == 0 else c * (np.abs(c) > threshold)
+    def hard(u: int, v: int) -> np.ndarray:
+        c = noisy.coefficient(u, v)
+        return c if u == 0 and v == 0 else c * (np.abs(c) > threshold)
 
     kept = np.ones(padded.shape, np.float32)  # the DC coefficient is always kept
-    for k in range(_PATCH):
-        for l in range(_PATCH):
-            if k or l:
-                kept += np.abs(noisy.coefficient(k, l)) > threshold
+    for u in range(PATCH):
+        for v in range(PATCH):
+            if u or v:
+                kept += np.abs(noisy.coefficient(u, v)) > threshold
     weights = valid / kept  # sparser patches are more reliable (BM3D's aggregation weights)
-    basic = _aggregate(lambda k, l: hard(k, l) * weights, weights)[crop]
+    basic = aggregate_patches(lambda u, v: hard(u, v) * weights, weights)[crop]
     if not wiener:
         return basic
 
-    pilot = _PatchDCT(cv2.copyMakeBorder(basic, pad, pad, pad, pad, cv2.BORDER_REFLECT))
+    pilot = SlidingDCT(pad_for_patches(basic)[0])
     variance = np.float32(sigma * sigma)
 
-    def gain(k: int, l: int) -> np.ndarray:
-        p2 = np.square(pilot.coefficient(k, l))
+    def gain(u: int, v: int) -> np.ndarray:
+        p2 = np.square(pilot.coefficient(u, v))
         return p2 / (p2 + variance)
 
     energy = np.zeros(padded.shape, np.float32)
-    for k in range(_PATCH):
-        for l in range(_PATCH):
-            energy += np.square(gain(k, l))
+    for u in range(PATCH):
+        for v in range(PATCH):
+            energy += np.square(gain(u, v))
     weights = valid / np.maximum(energy, 1e-3)
-    return _aggregate(lambda k, l: noisy.coefficient(k, l) * gain(k, l) * weights, weights)[crop]
+    return aggregate_patches(lambda u, v: noisy.coefficient(u, v) * gain(u, v) * weights, weights)[crop]
 
 
 @register_tool

@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 #: Streak directions searched when estimating, degrees CCW from horizontal (90 = vertical).
 _ANGLE_RANGE = (45.0, 135.0)
+TEXTURE_WEIGHT = 1.0
 
 
 def white_tophat(channel: np.ndarray, size: int) -> np.ndarray:
@@ -43,26 +44,29 @@ def white_tophat(channel: np.ndarray, size: int) -> np.ndarray:
 
 
 def estimate_streak_angle(luma: np.ndarray, limits: tuple[float, float] = _ANGLE_RANGE) -> tuple[float, float]:
-    """Dominant streak direction (degrees CCW from horizontal) and its coherence in [0, 1].
+    """Dominant streak direction (degrees CCW from horizontal) and a confidence (peak / mean, ~1 = none).
 
-    The structure tensor of the top-hat residual, summed over the pixels where the residual is
-    strong, gives the dominant gradient orientation; streaks run perpendicular to it. Coherence
-    is ``(l1 - l2) / (l1 + l2)`` of the tensor's eigenvalues (0: isotropic, 1: one direction).
+    Gradients of the top-hat residual (thin bright structures) point across streaks. Their
+    directions, weighted by magnitude over the strongest 15 % of the residual, are histogrammed
+    (1-degree bins, smoothed by 3 degrees); the peak inside ``limits`` is the streak direction.
+    A histogram mode is used rather than the structure tensor's mean, which scene edges bias.
     """
     residual = white_tophat(luma, 7)
     gx = cv2.Sobel(residual, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(residual, cv2.CV_32F, 0, 1, ksize=3)
-    weight = (residual > np.percentile(residual, 90)).astype(np.float32)
-    jxx = float((gx * gx * weight).sum())
-    jyy = float((gy * gy * weight).sum())
-    jxy = float((gx * gy * weight).sum())
-    trace = jxx + jyy
-    if trace <= 1e-12:
-        return 90.0, 0.0
-    coherence = float(np.hypot(jxx - jyy, 2 * jxy) / trace)
-    gradient_angle = 0.5 * np.degrees(np.arctan2(2 * jxy, jxx - jyy))  # x right, y down
+    selected = residual > np.percentile(residual, 85)
+    if not selected.any():
+        return 90.0, 1.0
+    gradient_angle = np.degrees(np.arctan2(gy[selected], gx[selected]))  # x right, y down
     streak_angle = (-(gradient_angle + 90.0)) % 180.0  # CCW as displayed
-    return float(np.clip(streak_angle, *limits)), coherence
+    weights = np.hypot(gx[selected], gy[selected])
+    hist, _ = np.histogram(streak_angle, bins=180, range=(0.0, 180.0), weights=weights)
+    wrapped = np.concatenate([hist[-10:], hist, hist[:10]])
+    smooth = np.convolve(wrapped, np.exp(-0.5 * (np.arange(-9, 10) / 3.0) ** 2), mode="same")[10:-10]
+    centres = np.arange(180) + 0.5
+    allowed = (centres >= limits[0]) & (centres <= limits[1])
+    best = int(np.argmax(np.where(allowed, smooth, -np.inf)))
+    return float(centres[best]), float(smooth[best] / (smooth.mean() + 1e-12))
 
 
 def _shifted(image: np.ndarray, dx: float, dy: float) -> np.ndarray:
@@ -116,11 +120,15 @@ def remove_streaks(
     """
     across = angle + 90.0
     luma = luminance(image)
-    background_luma = directional_median(luma, across, reach)
-    excess = np.clip(luma - background_luma, 0.0, None)
-    elongated = line_average(excess, angle, support)
-    # A streak pixel must be bright against its cross-section *and* part of a bright run along it.
-    evidence = np.minimum(excess, 1.5 * elongated)
+    excess_across = np.clip(luma - directional_median(luma, across, reach), 0.0, None)
+    excess_along = np.clip(luma - directional_median(luma, angle, reach), 0.0, None)
+    # A streak is bright against its cross-section but not against its own length; bright specks
+    # and lines at other angles are bright against both, so the difference keeps only streaks.
+    selective = np.clip(excess_across - excess_along, 0.0, None)
+    evidence = np.minimum(selective, 1.5 * line_average(selective, angle, support))
+    # Texture is bright against its own length too: its local level raises the bar where it is busy.
+    texture = cv2.blur(excess_along, (15, 15), borderType=cv2.BORDER_REFLECT)
+    evidence = evidence - TEXTURE_WEIGHT * texture
     mask = np.clip((evidence - 0.5 * threshold) / (0.5 * threshold), 0.0, 1.0)
     mask = cv2.GaussianBlur(mask, (0, 0), 0.7)
     out = image.copy()
@@ -128,9 +136,14 @@ def remove_streaks(
     if rows.size == 0:
         return out, mask
     background = _sparse_directional_median(image, across, reach, rows, cols)
-    m = mask[rows, cols][:, None]
     current = image[rows, cols]
-    out[rows, cols] = current - m * np.clip(current - background, 0.0, None)
+    # Rain is a screen blend of a near-white layer: I = 1 - (1 - B)(1 - a), with the same opacity a
+    # in every channel. Bright texture is usually coloured, so its per-channel "opacities" disagree.
+    opacity = 1.0 - (1.0 - current) / np.maximum(1.0 - background, 1e-3)
+    agreement = np.clip(opacity.min(axis=1), 0.0, None) / np.maximum(opacity.max(axis=1), 1e-3)
+    m = mask[rows, cols] * np.clip((agreement - 0.2) / 0.4, 0.0, 1.0)
+    mask[rows, cols] = m
+    out[rows, cols] = current - m[:, None] * np.clip(current - background, 0.0, None)
     return out, mask
 
 
