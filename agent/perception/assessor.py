@@ -63,7 +63,8 @@ class Assessor(Protocol):
 def feature_value(name: str, measurements: Mapping[str, float]) -> float:
     """Evaluate one model feature: a measurement name, optionally prefixed by a transform.
 
-    ``"log:key"`` is ``log10(max(value, 1e-4))``; a plain ``"key"`` is the value itself.
+    ``"log:key"`` is ``log10(max(value, 1e-4))``, ``"sq:key"`` the square of the value (for a
+    quadratic term in a linear model) and a plain ``"key"`` is the value itself.
 
     Raises:
         KeyError: if the measurement does not exist (the calibration and the estimators disagree).
@@ -77,8 +78,10 @@ def feature_value(name: str, measurements: Mapping[str, float]) -> float:
     value = float(measurements[key])
     if transform == "log":
         return math.log10(max(value, _LOG_FLOOR))
+    if transform == "sq":
+        return value * value
     if transform:
-        raise ValueError(f"unknown feature transform {transform!r} in {name!r}; known: log")
+        raise ValueError(f"unknown feature transform {transform!r} in {name!r}; known: log, sq")
     return value
 
 

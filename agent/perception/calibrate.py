@@ -69,8 +69,8 @@ TYPE_FEATURES: dict[Degradation, list[str]] = {
         "motion_anisotropy",
         "motion_anisotropy_mid",
         "motion_coherence",
-        "rain_directionality",
-        "rain_asymmetry",
+        "rain_peak",
+        "rain_ridge",
         "resample_p4",
     ],
     D.DEFOCUS_BLUR: [*_BLUR_CUES, "motion_anisotropy", "motion_coherence", "resample_p2", "resample_p4"],
@@ -87,10 +87,20 @@ TYPE_FEATURES: dict[Degradation, list[str]] = {
     D.HAZE: [
         "dark_channel_mean",
         "dark_channel_p10",
+        "dark_channel_top",
+        "dark_channel_bottom",
         "haze_density",
+        "haze_density_top",
+        "black_level_middle",
+        "black_level_bottom",
+        "saturation_middle",
         "airlight",
         "saturation_mean",
+        "saturation_top",
         "contrast_rms",
+        "local_contrast",
+        "local_contrast_top",
+        "local_contrast_bottom",
         "lum_mean",
         "lum_p05",
         "lum_range",
@@ -98,34 +108,47 @@ TYPE_FEATURES: dict[Degradation, list[str]] = {
     ],
     D.RAIN: [
         "rain_energy",
-        "rain_directionality",
+        "rain_ridge",
+        "log:rain_ridge_snr",
+        "rain_peak",
+        "rain_block_agreement",
+        "rain_peak_coarse",
+        "rain_block_agreement_coarse",
+        "rain_elongation",
+        "rain_length_ratio",
         "rain_asymmetry",
         "residual_asymmetry",
-        "motion_coherence",
         "motion_anisotropy",
         "spec_b3",
-        "spec_b4",
+        "grad_energy",
         "log:noise_sigma",
-        "blob_score",
     ],
     D.RAINDROP: [
-        "blob_score",
+        "drop_area",
+        "drop_count",
+        "smooth_fraction",
         "sharpness_spread",
         "blurry_block_fraction",
+        "rain_asymmetry",
         "residual_asymmetry",
-        "rain_energy",
-        "rain_directionality",
+        "rain_peak",
         "spec_b2",
         "spec_b3",
-        "contrast_rms",
+        "local_contrast",
+        "cast_edge_spread",
         "log:noise_sigma",
     ],
     D.LOW_LIGHT: [
         "lum_mean",
+        "lum_log_mean",
         "lum_median",
         "lum_p05",
         "lum_p95",
         "lum_p99",
+        "value_p99",
+        "value_p999",
+        "bright_fraction",
+        "black_fraction",
         "dark_fraction",
         "lum_range",
         "saturation_mean",
@@ -133,6 +156,8 @@ TYPE_FEATURES: dict[Degradation, list[str]] = {
     ],
     D.COLOR_CAST: [
         "cast_gain_spread",
+        "cast_edge_spread",
+        "cast_white_offset",
         "cast_ab_offset",
         "cast_factor",
         "cast_r_gain",
@@ -420,20 +445,35 @@ def _circular_error(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.minimum(diff, 180.0 - diff)
 
 
-def fit_models(train: Sequence[Sample], max_clean_fpr: float = 0.02, l2: float = 1.0) -> dict[str, Any]:
-    """Fit presence, severity and parameter models for every degradation type on ``train``."""
+def fit_models(
+    train: Sequence[Sample], max_clean_fpr: float = 0.02, l2: float = 1.0, folds: int = 4, seed: int = 0
+) -> dict[str, Any]:
+    """Fit presence, severity and parameter models for every degradation type on ``train``.
+
+    The decision threshold of each presence model is chosen on out-of-fold probabilities
+    (``folds``-fold cross-validation grouped by photo), so the clean false-positive cap holds for
+    photos the model has not seen rather than for its own training photos.
+    """
     rows = [s.measurements for s in train]
     is_clean = np.array([not s.labels for s in train])
+    photos = sorted({s.image for s in train})
+    fold_of_photo = dict(zip(photos, np.random.default_rng(seed).permutation(len(photos)) % folds, strict=True))
+    fold = np.array([fold_of_photo[s.image] for s in train])
     models: dict[str, Any] = {}
     for degradation in Degradation:
         features = TYPE_FEATURES[degradation]
         x = feature_matrix(features, rows)
+        y = np.array([degradation.value in s.labels for s in train], dtype=float)
+        out_of_fold = np.zeros(len(train))
+        for k in range(folds):
+            part = fold != k
+            mean_k, std_k = standardiser(x[part])
+            coef_k, intercept_k = fit_logistic((x[part] - mean_k) / std_k, y[part], l2=l2)
+            out_of_fold[~part] = 1.0 / (1.0 + np.exp(-(((x[~part] - mean_k) / std_k) @ coef_k + intercept_k)))
+        threshold = choose_threshold(out_of_fold, y, is_clean, max_clean_fpr)
         mean, std = standardiser(x)
         z = (x - mean) / std
-        y = np.array([degradation.value in s.labels for s in train], dtype=float)
         coef, intercept = fit_logistic(z, y, l2=l2)
-        probability = 1.0 / (1.0 + np.exp(-(z @ coef + intercept)))
-        threshold = choose_threshold(probability, y, is_clean, max_clean_fpr)
         presence = _linear_spec(features, mean, std, coef, intercept) | {"threshold": threshold}
         positive = y > 0.5
         severity_target = np.array([s.applied[degradation.value]["severity"] for s in train if degradation.value in s.labels])
@@ -540,8 +580,9 @@ def _auc(score: np.ndarray, truth: np.ndarray) -> float:
     positives, negatives = int(truth.sum()), int((~truth).sum())
     if positives == 0 or negatives == 0:
         return float("nan")
-    ranks = np.empty(len(score))
-    ranks[np.argsort(score, kind="mergesort")] = np.arange(1, len(score) + 1)
+    from scipy.stats import rankdata
+
+    ranks = rankdata(score)  # ties share their average rank
     return float((ranks[truth].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
@@ -590,7 +631,7 @@ def calibrate(
             cache.write_text(json.dumps([asdict(s) for s in dataset]))
     train = [s for s in dataset if not s.held_out]
     held_out = [s for s in dataset if s.held_out]
-    models = fit_models(train, max_clean_fpr=max_clean_fpr)
+    models = fit_models(train, max_clean_fpr=max_clean_fpr, seed=seed)
     document: dict[str, Any] = {"version": 1, "models": models}
     assessor = EstimatorAssessor(document)
     scores = evaluate(assessor, held_out)

@@ -53,34 +53,60 @@ MEASUREMENTS: dict[str, str] = {
     "jpeg_quality": "IJG quality (1-100) best matching the estimated quantiser steps; 100 if none is detected",
     # exposure
     "lum_mean": "mean luminance",
+    "lum_log_mean": "mean of log10(luminance + 0.01): the geometric-mean exposure",
     "lum_median": "median luminance",
     "lum_p05": "5th percentile of luminance",
     "lum_p95": "95th percentile of luminance",
     "lum_p99": "99th percentile of luminance",
     "dark_fraction": "fraction of pixels with luminance below 0.15",
     "lum_range": "99th minus 1st percentile of luminance",
+    "value_p99": "99th percentile of HSV value (max of R, G, B)",
+    "value_p999": "99.9th percentile of HSV value: darkening by shift or range compression lowers it",
+    "bright_fraction": "fraction of pixels with HSV value above 0.9",
+    "black_fraction": "fraction of pure black pixels (value below 1.5/255): a value shift or clipped noise",
     # haze
-    "dark_channel_mean": "mean of the dark channel (min over RGB and a local window)",
+    "dark_channel_mean": "mean of the dark channel (min over RGB and a local window, after a 3x3 blur)",
     "dark_channel_p10": "10th percentile of the dark channel",
+    "dark_channel_top": "mean dark channel of the top third (far scene)",
+    "dark_channel_bottom": "mean dark channel of the bottom third (near scene)",
+    "black_level_middle": "5th percentile of the dark channel in the middle third (haze lifts the blacks)",
+    "black_level_bottom": "5th percentile of the dark channel in the bottom third",
+    "saturation_middle": "mean HSV saturation of the middle third",
     "haze_density": "mean (1 - t) from the dark channel prior with the estimated airlight (omega 0.95)",
+    "haze_density_top": "the same over the top third",
     "airlight": "airlight luminance: mean of the pixels with the brightest 0.1 % dark channel",
     "saturation_mean": "mean HSV saturation",
+    "saturation_top": "mean HSV saturation of the top third",
     "contrast_rms": "standard deviation of luminance",
+    "local_contrast": "mean local standard deviation of luminance (window of the dark channel)",
+    "local_contrast_top": "the same over the top third",
+    "local_contrast_bottom": "the same over the bottom third",
     # colour
     "cast_r_gain": "shades-of-grey (p=4) gain that neutralises red",
     "cast_g_gain": "shades-of-grey (p=4) gain that neutralises green",
     "cast_b_gain": "shades-of-grey (p=4) gain that neutralises blue",
-    "cast_gain_spread": "log of max/min of the three gains",
+    "cast_gain_spread": "log of max/min of the three shades-of-grey gains",
+    "cast_edge_spread": "log of max/min of the grey-edge gains (mean gradient per channel)",
+    "cast_white_offset": "chromaticity distance from neutral of the brightest 2 % of pixels",
     "cast_ab_offset": "distance of the mean CIELab (a, b) from neutral",
     "cast_factor": "Lab cast factor: mean (a, b) offset over the (a, b) spread",
     # rain
     "rain_energy": "mean positive luminance high-pass (thin bright structures) minus its noise expectation",
-    "rain_directionality": "log10 max/median bright energy of oriented line filters on the signed high-pass",
-    "rain_asymmetry": "log10 bright/dark energy of the line filter along the strongest orientation",
-    "rain_angle": "orientation of the strongest line response, degrees [0, 180) (90 = vertical)",
+    "rain_ridge": "mean bright-ridge strength (Hessian at sigma 1: negative curvature across, flat along)",
+    "rain_ridge_snr": "the same over its white-noise expectation",
+    "rain_peak": "log10 bright-ridge energy in the best 15-degree bin within 35 degrees of vertical over the median bin",
+    "rain_block_agreement": "fraction of 16x16 blocks whose bright ridges mostly follow that orientation",
+    "rain_elongation": "log10 energy of ridge strength filtered along over across that orientation",
+    "rain_peak_coarse": "rain_peak at quarter resolution (streaks widened by resampling or blur)",
+    "rain_block_agreement_coarse": "rain_block_agreement at quarter resolution (8x8 blocks)",
+    "rain_length_ratio": "log10 ridge energy after a 25-px over a 9-px line filter along that orientation (long lines: high)",
+    "rain_asymmetry": "log10 total bright-ridge over dark-ridge strength (streaks are bright)",
+    "rain_angle": "that orientation, degrees [0, 180) counter-clockwise on screen (90 = vertical)",
     "residual_asymmetry": "log10 bright/dark energy of the plain high-pass (streaks and drop rims are bright)",
     # raindrops
-    "blob_score": "density of strong bright-rimmed round blobs (difference of Gaussians maxima)",
+    "drop_area": "area fraction of small, round, smooth islands (half resolution local std below 35 % of median)",
+    "drop_count": "number of such islands per 10 000 half-resolution pixels",
+    "smooth_fraction": "area fraction of smooth pixels in that map",
     "sharpness_spread": "spread (IQR of log) of local gradient energy over 16x16 blocks",
     "blurry_block_fraction": "fraction of blocks much blurrier than the image's sharp blocks",
 }
@@ -118,12 +144,13 @@ def measure(image: np.ndarray, max_pixels: int = 1_000_000) -> dict[str, float]:
     out.update(_block_orientation(y_crop, sigma_gray))
     out.update(_resampling(y_crop))
     out.update(_jpeg(y_crop))
-    out.update(_exposure(y_small))
+    out.update(_exposure(small, y_small))
     out.update(_haze(small, y_small))
-    out.update(_colour(small))
-    out.update(_rain(y_crop, sigma_gray))
-    out.update(_raindrop(y_crop, sigma_gray))
-    return {k: float(np.nan_to_num(out[k], nan=0.0, posinf=0.0, neginf=0.0)) for k in MEASUREMENTS}
+    out.update(_colour(small, y_small))
+    y_half = cv2.resize(y_crop, (y_crop.shape[1] // 2, y_crop.shape[0] // 2), interpolation=cv2.INTER_AREA)
+    out.update(_rain(y_crop, y_half, sigma_gray))
+    out.update(_raindrop(y_crop, y_half, sigma_gray))
+    return {k: float(out[k]) if math.isfinite(out[k]) else 0.0 for k in MEASUREMENTS}
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,7 +162,8 @@ def _check(image: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected an (H, W, 3) RGB array, got {getattr(image, 'shape', type(image))}")
     if min(image.shape[:2]) < _MIN_SIDE:
         raise ValueError(f"image is {image.shape[1]}x{image.shape[0]}; measurements need at least 32x32 pixels")
-    return np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
+    image = np.asarray(image, dtype=np.float32)
+    return np.clip(image, 0.0, 1.0, out=image.copy()) if image.min() < 0.0 or image.max() > 1.0 else image
 
 
 def _central_crop(image: np.ndarray, max_pixels: int) -> np.ndarray:
@@ -352,46 +380,62 @@ def _resampling(y: np.ndarray) -> dict[str, float]:
     for p in (2, 3, 4):
         out[f"resample_p{p}"] = 0.5 * (_periodic_strength(d2x, p) + _periodic_strength(d2y, p))
     h, w = y.shape
-    for factor in (2, 4):
-        # normalise by the detail one octave below the resampling cut-off
-        detail = float(np.mean((y - cv2.GaussianBlur(y, (0, 0), 1.0 * factor)) ** 2)) + 1e-10
-        hh, ww = h // factor * factor, w // factor * factor
-        part = y[:hh, :ww]
+    hh, ww = h // 8 * 8, w // 8 * 8
+    part = y[:hh, :ww]
+    errors = {}
+    for factor in (2, 4, 8):
         down = cv2.resize(part, (ww // factor, hh // factor), interpolation=cv2.INTER_AREA)
         up = cv2.resize(down, (ww, hh), interpolation=cv2.INTER_CUBIC)
-        err = float(np.mean((part - up)[factor:-factor, factor:-factor] ** 2)) + 1e-10
-        out[f"downup_{factor}"] = math.log10(err / detail)
+        errors[factor] = float(np.mean((part - up)[8:-8, 8:-8] ** 2)) + 1e-10
+    # the detail a 1/f down-up loses, relative to what a 1/2f down-up loses (one octave more)
+    out["downup_2"] = math.log10(errors[2] / errors[4])
+    out["downup_4"] = math.log10(errors[4] / errors[8])
     return out
 
 
 def _jpeg(y: np.ndarray) -> dict[str, float]:
-    """Blockiness on the 8x8 grid and the quantisation lattice of low-frequency DCT coefficients."""
+    """Blockiness on the 8x8 grid and the quantisation lattice of low-frequency DCT coefficients.
+
+    The grid is where the |difference| profile peaks, or the image origin (where an uncropped
+    JPEG's grid lies) when the DCT lattice is clearer there.
+    """
     dx = np.abs(np.diff(y, axis=1)).mean(axis=0)  # dx[i] = |y[:, i+1] - y[:, i]|
     dy = np.abs(np.diff(y, axis=0)).mean(axis=1)
-    block_h, off_x = _grid_blockiness(dx)
-    block_v, off_y = _grid_blockiness(dy)
-    peak = 0.5 * (_periodic_strength(dx, 8) + _periodic_strength(dy, 8))
-    periodicity, qstep, quality = _dct_quantisation(y, off_y, off_x)
+    off_x, off_y = _grid_offset(dx), _grid_offset(dy)
+    best = _dct_quantisation(y, off_y, off_x)
+    if (off_y, off_x) != (0, 0):
+        at_origin = _dct_quantisation(y, 0, 0)
+        if at_origin[0] > best[0]:
+            best, off_y, off_x = at_origin, 0, 0
+    periodicity, qstep, quality = best
     return {
-        "jpeg_blockiness": 0.5 * (block_h + block_v),
-        "jpeg_grid_peak": peak,
+        "jpeg_blockiness": 0.5 * (_grid_blockiness(dx, off_x) + _grid_blockiness(dy, off_y)),
+        "jpeg_grid_peak": 0.5 * (_periodic_strength(dx, 8) + _periodic_strength(dy, 8)),
         "jpeg_periodicity": periodicity,
         "jpeg_qstep": qstep,
         "jpeg_quality": quality,
     }
 
 
-def _grid_blockiness(diff_profile: np.ndarray) -> tuple[float, int]:
-    """Boundary/interior ratio of an |difference| profile on its strongest 8-phase; the grid offset."""
+def _folded(diff_profile: np.ndarray) -> np.ndarray | None:
     n = len(diff_profile) // 8 * 8
-    if n < 32:
-        return 0.0, 0
-    folded = diff_profile[:n].reshape(-1, 8).mean(axis=0)
-    phase = int(np.argmax(folded))
+    return diff_profile[:n].reshape(-1, 8).mean(axis=0) if n >= 32 else None
+
+
+def _grid_offset(diff_profile: np.ndarray) -> int:
+    """Where 8x8 blocks start: difference index ``i`` sits between pixels i and i+1."""
+    folded = _folded(diff_profile)
+    return 0 if folded is None else (int(np.argmax(folded)) + 1) % 8
+
+
+def _grid_blockiness(diff_profile: np.ndarray, offset: int) -> float:
+    """Mean |difference| across block boundaries over the median inside blocks, minus 1."""
+    folded = _folded(diff_profile)
+    if folded is None:
+        return 0.0
+    phase = (offset - 1) % 8
     interior = np.delete(folded, phase)
-    blockiness = float(folded[phase] / max(float(np.median(interior)), 1e-9) - 1.0)
-    # difference index ``phase`` sits between pixels phase and phase+1: blocks start at phase+1
-    return blockiness, (phase + 1) % 8
+    return float(folded[phase] / max(float(np.median(interior)), 1e-9) - 1.0)
 
 
 _DCT8 = np.array(
@@ -443,7 +487,11 @@ def _best_quality(steps: dict[tuple[int, int], float]) -> int:
 
 def _dct_quantisation(y: np.ndarray, top: int, left: int) -> tuple[float, float, float]:
     """Estimate the JPEG quantiser of low-frequency luma DCT coefficients and the IJG quality."""
-    y255 = y[top:, left:] * np.float32(255.0)
+    h, w = y.shape
+    # a centred window of at most 32x32 blocks on the grid is plenty for the statistics
+    top += max(0, (h - top) // 16 - 16) * 8
+    left += max(0, (w - left) // 16 - 16) * 8
+    y255 = y[top : top + 256, left : left + 256] * np.float32(255.0)
     bh, bw = y255.shape[0] // 8, y255.shape[1] // 8
     if bh * bw < 16:
         return 0.0, 0.0, 100.0
@@ -487,59 +535,103 @@ def _percentiles_u8(y: np.ndarray, qs: tuple[float, ...]) -> list[float]:
     return [float(np.searchsorted(cdf, q / 100.0)) / 255.0 for q in qs]
 
 
-def _exposure(y: np.ndarray) -> dict[str, float]:
-    """Luminance statistics on the downsampled copy."""
+def _exposure(rgb: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Luminance and HSV-value statistics on the downsampled copy.
+
+    Darkening by a value shift or a range compression empties the top of the histogram, so the
+    highest values (``value_p999``) are telling even when the mean still looks normal.
+    """
     p01, p05, p50, p95, p99 = _percentiles_u8(y, (1, 5, 50, 95, 99))
+    value = np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
+    v99, v999 = _percentiles_u8(value, (99, 99.9))
     return {
         "lum_mean": float(y.mean()),
+        "lum_log_mean": float(np.log10(y + 0.01).mean()),
         "lum_median": p50,
         "lum_p05": p05,
         "lum_p95": p95,
         "lum_p99": p99,
         "dark_fraction": float((y < 0.15).mean()),
         "lum_range": p99 - p01,
+        "value_p99": v99,
+        "value_p999": v999,
+        "bright_fraction": float((value > 0.9).mean()),
+        "black_fraction": float((value < 1.5 / 255.0).mean()),
     }
 
 
 def _haze(rgb: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """Dark channel prior statistics (He et al.), saturation and contrast on the downsampled copy."""
+    """Dark channel prior statistics (He et al.), saturation and contrast, globally and by thirds.
+
+    Haze grows with depth, and the far scene is usually at the top of a photo, so the top third is
+    compared with the bottom third as well.
+    """
     side = min(rgb.shape[:2])
     window = max(3, int(round(side / 35)) | 1)
     kernel = np.ones((window, window), np.uint8)
+    # a light blur first: the minimum of noisy values would read noise as "no haze"
     channel_min = _channel_min(rgb)
-    dark = cv2.erode(channel_min, kernel, borderType=cv2.BORDER_REFLECT)
+    dark = cv2.erode(_channel_min(cv2.blur(rgb, (3, 3))), kernel, borderType=cv2.BORDER_REFLECT)
     flat = dark.ravel()
     top = max(1, flat.size // 1000)
     brightest = np.argpartition(flat, -top)[-top:]
     airlight_rgb = np.maximum(rgb.reshape(-1, 3)[brightest].mean(axis=0), 0.05)
-    normalised_min = _channel_min(rgb / airlight_rgb[None, None, :].astype(np.float32))
-    transmission = 1.0 - 0.95 * cv2.erode(normalised_min, kernel, borderType=cv2.BORDER_REFLECT)
+    normalised_min = _channel_min(cv2.blur(rgb, (3, 3)) / airlight_rgb[None, None, :].astype(np.float32))
+    haze = np.clip(0.95 * cv2.erode(normalised_min, kernel, borderType=cv2.BORDER_REFLECT), 0.0, 1.0)
     cmax = np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
     saturation = np.where(cmax > 1e-3, (cmax - channel_min) / np.maximum(cmax, 1e-3), 0.0)
+    local_mean = cv2.blur(y, (window, window))
+    local_std = np.sqrt(np.maximum(cv2.blur(y * y, (window, window)) - local_mean**2, 0.0))
+    third = max(1, y.shape[0] // 3)
+    middle = slice(third, max(third + 1, 2 * third))
     return {
         "dark_channel_mean": float(dark.mean()),
         "dark_channel_p10": _percentiles_u8(dark, (10,))[0],
-        "haze_density": float(np.clip(1.0 - transmission, 0.0, 1.0).mean()),
+        "dark_channel_top": float(dark[:third].mean()),
+        "dark_channel_bottom": float(dark[-third:].mean()),
+        "black_level_middle": _percentiles_u8(dark[middle], (5,))[0],
+        "black_level_bottom": _percentiles_u8(dark[-third:], (5,))[0],
+        "saturation_middle": float(saturation[middle].mean()),
+        "haze_density": float(haze.mean()),
+        "haze_density_top": float(haze[:third].mean()),
         "airlight": float(_luma(airlight_rgb[None, None, :])[0, 0]),
         "saturation_mean": float(saturation.mean()),
+        "saturation_top": float(saturation[:third].mean()),
         "contrast_rms": float(y.std()),
+        "local_contrast": float(local_std.mean()),
+        "local_contrast_top": float(local_std[:third].mean()),
+        "local_contrast_bottom": float(local_std[-third:].mean()),
     }
 
 
-def _colour(rgb: np.ndarray) -> dict[str, float]:
-    """Shades-of-grey illuminant estimate and the CIELab cast factor."""
+def _colour(rgb: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Illuminant estimates (shades of grey, grey edge, brightest pixels) and the CIELab cast factor."""
     squared = rgb * rgb
     means = np.maximum(np.power(np.array(cv2.mean(squared * squared)[:3]), 0.25), 1e-4)
     gains = means.mean() / means
+    # grey edge (van de Weijer et al.): the average colour of edges is achromatic under white light
+    gx = np.abs(cv2.Sobel(rgb, cv2.CV_32F, 1, 0, ksize=3))
+    gy = np.abs(cv2.Sobel(rgb, cv2.CV_32F, 0, 1, ksize=3))
+    edges = np.maximum(np.array(cv2.mean(gx + gy)[:3]), 1e-6)
+    edge_gains = edges.mean() / edges
+    # white patch: the brightest pixels that are not clipped in every channel
+    flat_y = y.ravel()
+    count = max(1, flat_y.size // 50)
+    brightest = np.argpartition(flat_y, -count)[-count:]
+    white = np.maximum(rgb.reshape(-1, 3)[brightest].mean(axis=0), 1e-4)
+    white_chroma = white / white.sum() - 1.0 / 3.0
     lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2Lab)
     a, b = lab[..., 1], lab[..., 2]
     offset = math.hypot(float(a.mean()), float(b.mean()))
     spread = math.hypot(float(a.std()), float(b.std()))
+    log_gains = np.log(gains)
     return {
         "cast_r_gain": float(gains[0]),
         "cast_g_gain": float(gains[1]),
         "cast_b_gain": float(gains[2]),
-        "cast_gain_spread": float(np.log(gains.max() / gains.min())),
+        "cast_gain_spread": float(log_gains.max() - log_gains.min()),
+        "cast_edge_spread": float(np.log(edge_gains.max() / edge_gains.min())),
+        "cast_white_offset": float(np.sqrt(np.sum(white_chroma**2))),
         "cast_ab_offset": offset,
         "cast_factor": offset / max(spread, 1.0),
     }
@@ -565,40 +657,123 @@ def _line_kernels(length: int) -> tuple[np.ndarray, ...]:
     return tuple(kernels)
 
 
-def _rain(y: np.ndarray, sigma: float) -> dict[str, float]:
-    """Thin bright oriented structures: positive high-pass filtered along 12 line directions."""
+def _ridges(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bright- and dark-ridge strength from the Hessian, and the bright ridges' on-screen angle.
+
+    Returns ``(bright, dark, angle)`` with ``angle`` in degrees [0, 180), counter-clockwise from the
+    x axis as seen on screen, along the ridge.
+    """
+    smooth = cv2.GaussianBlur(image, (0, 0), 0.8)
+    ixx = cv2.Sobel(smooth, cv2.CV_32F, 2, 0, ksize=3)
+    iyy = cv2.Sobel(smooth, cv2.CV_32F, 0, 2, ksize=3)
+    ixy2 = 2.0 * cv2.Sobel(smooth, cv2.CV_32F, 1, 1, ksize=3)
+    diff = ixx - iyy
+    half_trace = 0.5 * (ixx + iyy)
+    diameter = np.sqrt(diff * diff + ixy2 * ixy2)  # difference of the Hessian eigenvalues
+    low, high = half_trace - 0.5 * diameter, half_trace + 0.5 * diameter
+    bright = np.maximum(-low - np.abs(high), 0.0)  # strong negative curvature across, flat along
+    dark = np.maximum(high - np.abs(low), 0.0)
+    # the larger eigenvalue's eigenvector (along a bright ridge) has doubled angle atan2(2 ixy, ixx - iyy)
+    along = 0.5 * np.degrees(np.arctan2(ixy2, diff))
+    return bright, dark, np.mod(-along, 180.0)  # image rows grow downwards: flip to on-screen
+
+
+#: Rain falls within this many degrees of vertical (the synthesis draws 60-120 degrees).
+_RAIN_TILT = 35.0
+
+
+def _rain(y: np.ndarray, y_half: np.ndarray, sigma: float) -> dict[str, float]:
+    """Thin bright parallel ridges near vertical: orientation peak, spread over the frame, elongation.
+
+    Ridges are analysed at half resolution and, for streaks widened by resampling, at quarter
+    resolution (the ``_coarse`` cues); the angle comes from the stronger peak. The peak is the ridge
+    energy in the best 15-degree bin within 35 degrees of vertical over the median bin. Rain covers
+    the whole frame, so the fraction of 16x16 blocks whose ridges mostly follow that orientation
+    separates it from a few strong parallel edges.
+    """
+    out: dict[str, float] = {}
+    step = 180.0 / _N_ORIENT
+    candidates = [i for i in range(_N_ORIENT) if abs(i * step - 90.0) <= _RAIN_TILT]
+    best_peak = -math.inf
+    for suffix, image in (("", y_half), ("_coarse", _downsample_to(y_half, max(y_half.shape) // 2))):
+        bright, dark, angle_map = _ridges(image)
+        bins = np.floor(angle_map / step + 0.5).astype(np.int64) % _N_ORIENT
+        histogram = np.bincount(bins.ravel(), weights=bright.ravel(), minlength=_N_ORIENT) + 1e-12
+        peak_bin = max(candidates, key=lambda i: histogram[i])
+        peak = math.log10(histogram[peak_bin] / float(np.median(histogram)))
+        angle = float(np.mod(_circular_argmax_at(histogram, peak_bin) * step, 180.0))
+        near = np.abs((angle_map - angle + 90.0) % 180.0 - 90.0) <= step
+        block = 16 if not suffix else 8
+        strength = _block_mean(bright, block)
+        active = strength > 0.25 * float(np.median(strength)) + 1e-9
+        aligned = (_block_mean(bright * near, block) > 0.5 * strength) & active
+        out[f"rain_peak{suffix}"] = peak
+        out[f"rain_block_agreement{suffix}"] = float(aligned.mean())
+        if peak > best_peak:
+            best_peak = peak
+            out["rain_angle"] = angle
+        if suffix:
+            continue
+        kernels, across_bin = _line_kernels(9), (peak_bin + _N_ORIENT // 2) % _N_ORIENT
+        parallel = float(np.mean(cv2.filter2D(bright, -1, kernels[peak_bin]) ** 2))
+        across = float(np.mean(cv2.filter2D(bright, -1, kernels[across_bin]) ** 2))
+        # streaks are short (tens of pixels); building edges and horizons run on
+        long = float(np.mean(cv2.filter2D(bright, -1, _line_kernels(25)[peak_bin]) ** 2))
+        out["rain_elongation"] = math.log10((parallel + 1e-12) / (across + 1e-12))
+        out["rain_length_ratio"] = math.log10((long + 1e-12) / (parallel + 1e-12))
+        out["rain_asymmetry"] = math.log10((float(bright.sum()) + 1e-6) / (float(dark.sum()) + 1e-6))
+        # half-resolution noise has std s/2; its smoothed second derivatives about 0.6 s/2
+        out["rain_ridge"] = float(bright.mean())
+        out["rain_ridge_snr"] = float(bright.mean()) / max(0.3 * sigma, 1e-3)
     signed = y - cv2.blur(y, (7, 7))
-    positive = np.maximum(signed, 0.0)
     # for white noise of std s the positive part of (1 - box7) n has mean s * 0.993 / sqrt(2 pi)
-    energy = float(positive.mean()) - 0.396 * sigma
-    pos_energy = float(np.mean(positive**2)) + 1e-12
+    positive = np.maximum(signed, 0.0)
+    pos_energy = float(np.mean(positive * positive)) + 1e-12
     neg_energy = float(np.mean(np.minimum(signed, 0.0) ** 2)) + 1e-12
-    half = cv2.resize(signed, (signed.shape[1] // 2, signed.shape[0] // 2), interpolation=cv2.INTER_AREA)
-    bright, dark = [], []
-    for kernel in _line_kernels(9):
-        response = cv2.filter2D(half, -1, kernel)
-        bright.append(float(np.mean(np.maximum(response, 0.0) ** 2)) + 1e-14)
-        dark.append(float(np.mean(np.minimum(response, 0.0) ** 2)) + 1e-14)
-    strongest = int(np.argmax(bright))
-    return {
-        "rain_energy": energy,
-        "rain_directionality": float(np.log10(bright[strongest] / np.median(bright))),
-        "rain_asymmetry": float(np.log10(bright[strongest] / dark[strongest])),
-        "rain_angle": float(strongest * 180.0 / _N_ORIENT),
-        "residual_asymmetry": math.log10(pos_energy / neg_energy),
-    }
+    out["rain_energy"] = float(positive.mean()) - 0.396 * sigma
+    out["residual_asymmetry"] = math.log10(pos_energy / neg_energy)
+    return out
 
 
-def _raindrop(y: np.ndarray, sigma: float) -> dict[str, float]:
-    """Blob and local-blur statistics: drops are round, locally blurry patches with bright rims."""
-    quarter = _downsample_to(y, 128)
-    dog = cv2.GaussianBlur(quarter, (0, 0), 1.5) - cv2.GaussianBlur(quarter, (0, 0), 3.0)
-    peaks = (dog == cv2.dilate(dog, np.ones((5, 5), np.uint8))) & (dog > 0.02)
-    blob_score = float(peaks.sum()) / (quarter.size / 1000.0)
+def _circular_argmax_at(values: np.ndarray, i: int) -> float:
+    """Sub-bin position of the peak of a circular profile at bin ``i`` (parabolic interpolation)."""
+    n = len(values)
+    left, centre, right = values[(i - 1) % n], values[i], values[(i + 1) % n]
+    denom = 2 * centre - left - right
+    shift = 0.5 * (right - left) / denom if denom > 1e-12 else 0.0
+    return i + float(np.clip(shift, -0.5, 0.5))
+
+
+def _raindrop(y: np.ndarray, half: np.ndarray, sigma: float) -> dict[str, float]:
+    """Drops on the lens: small, round, smooth (blurred, low-contrast) islands inside textured areas."""
+    mean = cv2.blur(half, (5, 5))
+    local_std = np.sqrt(np.maximum(cv2.blur(half * half, (5, 5)) - mean * mean, 0.0))
+    typical = float(np.median(local_std))
+    noise_floor = 0.5 * sigma * 1.5  # half-resolution averaging halves the noise std
+    smooth = (local_std < max(0.35 * typical, noise_floor)).astype(np.uint8)
+    smooth = cv2.morphologyEx(smooth, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    count, _, stats, _ = cv2.connectedComponentsWithStats(smooth, connectivity=4)
+    area_total = float(half.size)
+    min_area, max_area = 12, 0.02 * area_total
+    round_area, round_count = 0.0, 0
+    for i in range(1, count):
+        x, y0, w, h, area = stats[i]
+        if not min_area <= area <= max_area:
+            continue
+        fill = area / float(w * h)
+        aspect = w / float(h)
+        if fill > 0.55 and 0.5 <= aspect <= 2.0:
+            round_area += float(area)
+            round_count += 1
     gx = cv2.Sobel(y, cv2.CV_32F, 1, 0, ksize=3) / 8.0
     gy = cv2.Sobel(y, cv2.CV_32F, 0, 1, ksize=3) / 8.0
-    local = _block_mean(gx * gx + gy * gy, 16) - 0.375 * sigma**2
+    local = _block_mean(gx * gx + gy * gy, 16) - 0.1875 * 2 * sigma**2
     log_local = np.log10(np.maximum(local, 1e-7))
     q25, q75, q90 = np.percentile(log_local, (25, 75, 90))
-    blurry = float((log_local < q90 - 1.5).mean())
-    return {"blob_score": blob_score, "sharpness_spread": float(q75 - q25), "blurry_block_fraction": blurry}
+    return {
+        "drop_area": round_area / area_total,
+        "drop_count": round_count / (area_total / 10_000.0),
+        "smooth_fraction": float(smooth.mean()),
+        "sharpness_spread": float(q75 - q25),
+        "blurry_block_fraction": float((log_local < q90 - 1.5).mean()),
+    }

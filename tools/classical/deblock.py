@@ -52,9 +52,14 @@ _CHROMA_BASE[:4, :4] = [[17, 18, 24, 47], [18, 21, 26, 66], [24, 26, 56, 99], [4
 _THRESHOLD = 0.3
 #: Frequencies used to recognise the table: the 15 lowest (including DC), whose steps are coarse enough.
 _DETECT_FREQUENCIES = [(u, v) for u in range(8) for v in range(8) if u + v <= 4]
-#: A coefficient "fits" a step when it lies within this distance of a multiple (decoder rounding ~0.35 std).
-_FIT_TOLERANCE = 1.25
-_FIT_FRACTION = 0.85
+#: Mean cos(2 pi c / step) above which a table explains the coefficients (true tables score 0.4-0.98,
+#: unrelated ones about 0).
+_MIN_ALIGNMENT = 0.35
+#: Candidates within this of the best alignment count as explaining the data (neighbouring qualities).
+_ALIGNMENT_SLACK = 0.02
+#: Widening of each quantisation cell for the decoder's rounding (8-bit RGB output, clipping).
+_CELL_MARGIN = 1.0
+_DETECT_MAX_QUALITY = 92
 
 _DCT_MATRIX = np.sqrt(2.0 / 8) * np.cos(np.pi * (2 * np.arange(8)[None, :] + 1) * np.arange(8)[:, None] / 16)
 _DCT_MATRIX[0] /= np.sqrt(2.0)
@@ -108,29 +113,39 @@ def _pad_to_blocks(plane: np.ndarray, multiple: int = 8) -> np.ndarray:
 def detect_quality(image: np.ndarray, max_blocks: int = 4096) -> int | None:
     """The IJG quality whose luminance table the image was decoded with, or ``None`` if none fits.
 
-    Looks only at the block grid anchored at the top-left pixel, so an image cropped or resized after
-    compression returns ``None``. Qualities above ~90 have steps too small to tell apart from 8-bit
-    rounding; an image that fits them all (including one never compressed) returns ``None`` too.
+    For each candidate quality the non-zero grid-block DCT coefficients are tested for lying on
+    multiples of the candidate's steps (the mean of ``cos(2 pi c / step)``: near 1 when they do, near
+    0 for unrelated steps, negative for steps twice too coarse). Finer tables whose steps divide the
+    true ones fit as well, so the coarsest quality within a small margin of the best fit wins. Only
+    the grid anchored at the top-left pixel is examined: an image cropped or resized after compression
+    returns ``None``, and so does one compressed above quality ~90, whose steps 8-bit rounding hides.
     """
     y = _pad_to_blocks(rgb_to_ycbcr(image)[..., 0].astype(np.float64)) - 128.0
     coefficients = block_dct(y).reshape(-1, 8, 8)
+    # Blocks with pixels clipped at black or white no longer hold the decoded coefficients: skip them.
+    clipped = ((image <= 0.5 / 255.0) | (image >= 254.5 / 255.0)).any(axis=2).astype(np.float32)
+    clipped_blocks = _pad_to_blocks(clipped).reshape(y.shape[0] // 8, 8, y.shape[1] // 8, 8).max(axis=(1, 3))
+    if (clipped_blocks == 0).sum() >= 16:
+        coefficients = coefficients[clipped_blocks.ravel() == 0]
     if len(coefficients) > max_blocks:
         coefficients = coefficients[np.linspace(0, len(coefficients) - 1, max_blocks).astype(int)]
-    samples = np.stack([coefficients[:, u, v] for u, v in _DETECT_FREQUENCIES], axis=1)
-    for quality in range(1, 91):  # coarsest first: finer tables whose steps divide the true ones also fit
-        steps = np.array([quantisation_table(quality)[u, v] for u, v in _DETECT_FREQUENCIES])
-        informative = steps >= 3.0
-        if not informative.any():
-            break
-        values, step = samples[:, informative], steps[informative]
-        nonzero = np.abs(values) >= step / 2.0
-        count = int(nonzero.sum())
-        if count < 30:
-            continue
-        distance = np.abs(values - step * np.round(values / step))
-        if float((distance[nonzero] <= _FIT_TOLERANCE).mean()) >= _FIT_FRACTION:
-            return quality
-    return None
+    rows, cols = np.array(_DETECT_FREQUENCIES).T
+    samples = coefficients[:, rows, cols]
+    alignments = np.full(_DETECT_MAX_QUALITY + 1, -1.0)
+    for quality in range(1, _DETECT_MAX_QUALITY + 1):
+        steps = quantisation_table(quality)[rows, cols]
+        nonzero = np.abs(samples) >= steps / 2.0
+        counts = nonzero.sum(axis=0)
+        cosines = np.where(nonzero, np.cos(2.0 * np.pi * samples / steps), 0.0).sum(axis=0)
+        usable = (steps >= 3.0) & (counts >= 20)
+        # The median over frequencies: one frequency aligned by chance (e.g. the DC of a flat sky) is not enough.
+        if usable.sum() >= 4:
+            alignments[quality] = float(np.median(cosines[usable] / counts[usable]))
+    best = float(alignments.max())
+    if best < _MIN_ALIGNMENT:
+        return None
+    # Coarsest table that explains the coefficients about as well as the best one does.
+    return int(np.argmax(alignments >= best - _ALIGNMENT_SLACK))
 
 
 def _shrink_sliding(plane: np.ndarray, table: np.ndarray) -> np.ndarray:
@@ -151,7 +166,8 @@ def _project_on_quantisation_cells(estimate: np.ndarray, decoded: np.ndarray, ta
     """Clamp each grid-block DCT coefficient of ``estimate`` into the cell of the decoded coefficient."""
     decoded_coefficients = block_dct(decoded.astype(np.float64) - 128.0)
     index = np.round(decoded_coefficients / table)
-    clamped = np.clip(block_dct(estimate.astype(np.float64) - 128.0), (index - 0.5) * table, (index + 0.5) * table)
+    low, high = (index - 0.5) * table - _CELL_MARGIN, (index + 0.5) * table + _CELL_MARGIN
+    clamped = np.clip(block_dct(estimate.astype(np.float64) - 128.0), low, high)
     return (block_idct(clamped) + 128.0).astype(np.float32)
 
 
@@ -188,7 +204,7 @@ class JpegDeblock(Tool):
         restores=(Degradation.JPEG,),
         params=(
             STRENGTH,
-            Param("quality", "int", 0, 0, 100, description="JPEG quality (1-100) of the file; 0 = detect from the image"),
+            Param("quality", "int", 0, 0, 100, description="JPEG quality of the file; 0 = detect it"),
             Param("detect", "bool", True, description="prefer the table detected in the image over `quality`"),
             Param("chroma", "bool", True, description="also deblock the (subsampled) colour planes"),
         ),

@@ -110,7 +110,9 @@ def resampling_sigma(scale: float) -> float:
     return 0.3 / scale
 
 
-def build_psf(kind: str, radius: float = 0.0, length: float = 0.0, angle: float = 0.0, sigma: float = 0.0) -> np.ndarray:
+def build_psf(
+    kind: str, radius: float = 0.0, length: float = 0.0, angle: float = 0.0, sigma: float = 0.0
+) -> np.ndarray:
     """The PSF of ``kind`` ("disk", "motion" or "gaussian") from its size parameters."""
     if kind == "disk":
         return disk_psf(radius)
@@ -271,6 +273,8 @@ def regularisation_for_noise(sigma: float, scale: float = 1.0) -> float:
 # --------------------------------------------------------------------------------------------
 
 _TILE = 128
+#: Images smaller than this (either side) are too small for a cepstral estimate.
+_MIN_BLIND_SIZE = 64
 _MIN_BLIND_SCORE = 0.5
 _MIN_QUEFRENCY = 2.5
 
@@ -376,6 +380,8 @@ def estimate_psf(
         cepstral signature with the winner's; below about 0.5 there is no recognisable blur.
     """
     g = gray(image) if image.ndim == 3 else image
+    if min(g.shape) < _MIN_BLIND_SIZE:
+        return kinds[0], dict(prior or {}), -1.0
     tile = _TILE if min(g.shape) >= _TILE else 1 << int(np.log2(min(g.shape)))
     ring = _ring_mask(tile)
     target = _normalised_rows(_cepstral_signature(_log_power_spectrum(g, tile))[ring][None])[0]
@@ -439,6 +445,10 @@ class WienerDeblur(Tool):
         ),
     )
 
+    def setup(self) -> None:
+        """Precompute the cepstral signatures of the blind-search candidates (about 0.2 s, once)."""
+        _coarse_bank(_TILE)
+
     def suggest(self, report: DegradationReport, target: Degradation) -> dict[str, Any]:
         """Map the assessor's blur estimates (radius, length/angle, scale) and noise sigma to PSF params."""
         params: dict[str, Any] = {}
@@ -452,7 +462,7 @@ class WienerDeblur(Tool):
             params["kind"] = "motion"
             if found.get("length", 0) > 0:
                 params["length"] = float(np.clip(found["length"], 1.0, 60.0))
-                params["angle"] = float(np.clip(found.get("angle", 0.0), -180.0, 180.0))
+                params["angle"] = float((found.get("angle", 0.0) + 90.0) % 180.0 - 90.0)
         elif target == Degradation.LOW_RESOLUTION:
             params["kind"] = "gaussian"
             params["radius"] = float(np.clip(resampling_sigma(found.get("scale", 0.5)), 0.3, 20.0))

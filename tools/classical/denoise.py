@@ -327,8 +327,8 @@ class NlmDenoise(Tool):
     spec = ToolSpec(
         name="denoise_nlm",
         description=(
-            "Removes Gaussian or Poisson sensor noise with non-local means (5x5 patches, 15x15 search) in a "
-            "decorrelated colour space; good on repetitive texture, ~0.3 s per 512x512."
+            "Removes Gaussian or Poisson sensor noise with non-local means (5x5 patches, 11x11 search) in a "
+            "decorrelated colour space; ~0.5-1 dB below denoise_dct on photos, ~0.35 s per 512x512."
         ),
         restores=(Degradation.NOISE,),
         params=(
@@ -336,7 +336,7 @@ class NlmDenoise(Tool):
             _SIGMA,
             _POISSON,
             Param("h_scale", "float", 1.0, 0.5, 2.0, description="multiplies the filtering strength h"),
-            Param("search_radius", "int", 7, 3, 15, description="half-size of the search window in pixels"),
+            Param("search_radius", "int", 5, 3, 15, description="half-size of the search window in pixels"),
         ),
     )
 
@@ -347,7 +347,7 @@ class NlmDenoise(Tool):
     def apply(self, image: np.ndarray, **params: Any) -> np.ndarray:
         """Denoise ``image`` with non-local means."""
         h_scale = float(params.get("h_scale", 1.0))
-        search = 2 * int(params.get("search_radius", 7)) + 1
+        search = 2 * int(params.get("search_radius", 5)) + 1
 
         def channels(opponent: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
             coded = np.clip(opponent * _NLM_SCALE + _NLM_OFFSET + 0.5, 0.0, 255.0).astype(np.uint8)

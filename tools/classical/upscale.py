@@ -1,11 +1,11 @@
 """Upsampling and recovery of low effective resolution by iterative back-projection.
 
-Two modes share one model of the low-resolution image: ``y = U(D(x))`` where ``D`` is an area
-(box-filter) downsampling by the scale and ``U`` a bicubic upsampling, which is how
-``evals.synthesis`` and most software make a low-resolution image.
+Two modes share one model of the low-resolution image: ``y = U(D(x))`` where ``D`` is an
+antialiased bicubic downsampling by the scale and ``U`` a bicubic upsampling (Pillow's, as in
+MATLAB's ``imresize``), which is how ``evals.synthesis`` and most software make such images.
 
 * ``factor > 1`` (the output is bigger): the input *is* the small image ``z``; the output starts
-  as its bicubic enlargement and is corrected until its area-downsampling reproduces ``z``.
+  as its bicubic enlargement and is corrected until its downsampling reproduces ``z``.
 * ``factor == 1`` (same size, low effective resolution ``scale`` < 1): the small image is first
   recovered by inverting the bicubic upsampling (``z`` such that ``U(z) = y``), then the same
   back-projection restores the detail that bicubic interpolation attenuates.
@@ -38,12 +38,24 @@ _SCALE_JUMP = 1.7
 _MAX_OUTPUT_PIXELS = 64_000_000
 
 
-def _down(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+def bicubic_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Antialiased bicubic resize to ``size`` = (width, height) of an (H, W) or (H, W, C) float array.
+
+    Pillow's filter (like MATLAB's ``imresize``) widens the kernel when shrinking, so it is the
+    usual way low-resolution images are made; the back-projection model uses it both ways.
+    """
+    from PIL import Image
+
+    planes = image[..., None] if image.ndim == 2 else image
+    out = np.empty((size[1], size[0], planes.shape[2]), dtype=np.float32)
+    for c in range(planes.shape[2]):
+        plane = Image.fromarray(np.ascontiguousarray(planes[..., c], dtype=np.float32), mode="F")
+        out[..., c] = np.asarray(plane.resize(size, Image.Resampling.BICUBIC))
+    return out[..., 0] if image.ndim == 2 else out
 
 
-def _up(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    return cv2.resize(image, size, interpolation=cv2.INTER_CUBIC)
+_down = bicubic_resize
+_up = bicubic_resize
 
 
 def small_size(width: int, height: int, scale: float) -> tuple[int, int]:
@@ -82,7 +94,7 @@ def estimate_scale(image: np.ndarray) -> float:
 def invert_upsampling(image: np.ndarray, size: tuple[int, int], iterations: int = 3) -> np.ndarray:
     """The small image ``z`` of ``size`` whose bicubic upsampling best reproduces ``image``.
 
-    Starts from the area-downsampled image and corrects it by back-projecting the mismatch.
+    Starts from the downsampled image and corrects it by back-projecting the mismatch.
     """
     h, w = image.shape[:2]
     z = _down(image, size)
@@ -94,10 +106,11 @@ def invert_upsampling(image: np.ndarray, size: tuple[int, int], iterations: int 
 def back_project(
     estimate: np.ndarray, small: np.ndarray, iterations: int, guided_radius: int, guided_eps: float
 ) -> np.ndarray:
-    """Iterative back-projection: correct ``estimate`` until its area-downsampling equals ``small``.
+    """Iterative back-projection: correct ``estimate`` until its downsampling equals ``small``.
 
-    Works on (H, W) or (H, W, C) arrays. The upsampled residual is passed through a guided filter steered by the estimate's luminance
-    (all but the last three iterations), so that the detail it adds follows the estimate's edges.
+    Works on (H, W) or (H, W, C) arrays. The upsampled residual is passed through a guided filter
+    steered by the estimate's luminance (all but the last three iterations), so that the detail
+    it adds follows the estimate's edges.
     """
     h, w = estimate.shape[:2]
     size = (small.shape[1], small.shape[0])
@@ -127,8 +140,8 @@ class UpscaleDetail(Tool):
     spec = ToolSpec(
         name="upscale_detail",
         description=(
-            "Recovers detail of low-resolution images by edge-aware iterative back-projection against an "
-            "area-downsampling model; factor > 1 enlarges a small image (bicubic + back-projection), factor 1 "
+            "Recovers detail of low-resolution images by edge-aware iterative back-projection against a "
+            "bicubic downsampling model; factor > 1 enlarges a small image (bicubic + back-projection), factor 1 "
             "restores a same-size image upsampled from `scale` of its resolution (estimated when 0)."
         ),
         restores=(Degradation.LOW_RESOLUTION,),
