@@ -171,7 +171,9 @@ def _toy_calibration() -> dict:
     for degradation in Degradation:
         coef = [8.0] if degradation is Degradation.NOISE else [0.0]
         intercept = -6.4 if degradation is Degradation.NOISE else -5.0
-        params = {name: {"kind": "constant", "value": 0.5 * (lo + hi)} for name, (lo, hi) in PARAM_RANGES[degradation].items()}
+        params = {
+            name: {"kind": "constant", "value": 0.5 * (lo + hi)} for name, (lo, hi) in PARAM_RANGES[degradation].items()
+        }
         if degradation is Degradation.NOISE:
             params["sigma"] = {"kind": "measurement", "key": "noise_sigma"}
         models[degradation.value] = {

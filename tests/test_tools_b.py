@@ -15,7 +15,7 @@ import pytest
 from agent.degradations import Degradation
 from agent.report import DegradationEstimate, DegradationReport
 from evals.synthesis import degrade, underwater
-from tools.base import REGISTRY, ToolError
+from tools.base import REGISTRY, Tool, ToolError
 from tools.classical.color import UnderwaterColor, WhiteBalance
 from tools.classical.deblur import WienerDeblur, estimate_psf
 from tools.classical.derain import DirectionalDerain, estimate_streak_angle
@@ -76,7 +76,7 @@ ALL_TOOLS = [WienerDeblur, DirectionalDerain, UpscaleDetail, WhiteBalance, Under
 
 
 @pytest.mark.parametrize("tool_class", ALL_TOOLS)
-def test_tool_is_registered_with_strength(tool_class: type) -> None:
+def test_tool_is_registered_with_strength(tool_class: type[Tool]) -> None:
     spec = tool_class.spec
     assert REGISTRY.get(spec.name).spec is spec
     assert spec.restores
@@ -272,13 +272,13 @@ def test_structure_correct_identity_and_refusals(scene: np.ndarray) -> None:
         (WienerDeblur, {"sigma": 1.0}),
     ],
 )
-def test_specs_reject_bad_params(tool_class: type, bad: dict) -> None:
+def test_specs_reject_bad_params(tool_class: type[Tool], bad: dict) -> None:
     with pytest.raises(ValueError):
         tool_class.spec.resolve(bad)
 
 
 @pytest.mark.parametrize("tool_class", [WienerDeblur, DirectionalDerain, UpscaleDetail, WhiteBalance, UnderwaterColor])
-def test_suggestions_lie_inside_the_declared_ranges(tool_class: type) -> None:
+def test_suggestions_lie_inside_the_declared_ranges(tool_class: type[Tool]) -> None:
     tool = tool_class()
     report = DegradationReport(
         assessor="test",

@@ -146,8 +146,11 @@ class _TypeModel:
             value += float(entry.get("offset", 0.0))
         else:
             value = entry["model"](measurements)
-        if entry.get("transform") == "log":
-            value = 10.0**value
+            if entry.get("transform") == "log":
+                value = 10.0**value
+        direct = entry.get("direct")
+        if direct is not None and feature_value(direct["key"], measurements) < float(direct["below"]):
+            value = feature_value(direct["key"], measurements)  # an exact reading beats the regression
         low, high = PARAM_RANGES.get(self.degradation, {}).get(name, (-math.inf, math.inf))
         return float(np.clip(value, low, high))
 

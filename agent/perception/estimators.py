@@ -92,14 +92,14 @@ MEASUREMENTS: dict[str, str] = {
     "cast_factor": "Lab cast factor: mean (a, b) offset over the (a, b) spread",
     # rain
     "rain_energy": "mean positive luminance high-pass (thin bright structures) minus its noise expectation",
-    "rain_ridge": "mean bright-ridge strength (Hessian at sigma 1: negative curvature across, flat along)",
+    "rain_ridge": "mean bright-ridge strength at half resolution (Hessian: curved across, flat along)",
     "rain_ridge_snr": "the same over its white-noise expectation",
-    "rain_peak": "log10 bright-ridge energy in the best 15-degree bin within 35 degrees of vertical over the median bin",
+    "rain_peak": "log10 bright-ridge energy of the best 15-degree bin within 35 degrees of vertical over the median",
     "rain_block_agreement": "fraction of 16x16 blocks whose bright ridges mostly follow that orientation",
     "rain_elongation": "log10 energy of ridge strength filtered along over across that orientation",
     "rain_peak_coarse": "rain_peak at quarter resolution (streaks widened by resampling or blur)",
     "rain_block_agreement_coarse": "rain_block_agreement at quarter resolution (8x8 blocks)",
-    "rain_length_ratio": "log10 ridge energy after a 25-px over a 9-px line filter along that orientation (long lines: high)",
+    "rain_length_ratio": "log10 ridge energy after a 25-px over a 9-px line filter along it (long edges: high)",
     "rain_asymmetry": "log10 total bright-ridge over dark-ridge strength (streaks are bright)",
     "rain_angle": "that orientation, degrees [0, 180) counter-clockwise on screen (90 = vertical)",
     "residual_asymmetry": "log10 bright/dark energy of the plain high-pass (streaks and drop rims are bright)",
@@ -326,10 +326,10 @@ def _spectrum(y: np.ndarray, sigma: float) -> dict[str, float]:
     return out
 
 
-def _circular_argmax(values: np.ndarray) -> float:
-    """Sub-bin position of the maximum of a circular profile (parabolic interpolation)."""
+def _circular_argmax(values: np.ndarray, i: int | None = None) -> float:
+    """Sub-bin position of the peak of a circular profile at bin ``i`` (default: the maximum)."""
     n = len(values)
-    i = int(np.argmax(values))
+    i = int(np.argmax(values)) if i is None else i
     left, centre, right = values[(i - 1) % n], values[i], values[(i + 1) % n]
     denom = 2 * centre - left - right
     shift = 0.5 * (right - left) / denom if denom > 1e-12 else 0.0
@@ -439,7 +439,10 @@ def _grid_blockiness(diff_profile: np.ndarray, offset: int) -> float:
 
 
 _DCT8 = np.array(
-    [[(math.sqrt(0.125) if u == 0 else 0.5) * math.cos((2 * x + 1) * u * math.pi / 16) for x in range(8)] for u in range(8)],
+    [
+        [(math.sqrt(0.125) if u == 0 else 0.5) * math.cos((2 * x + 1) * u * math.pi / 16) for x in range(8)]
+        for u in range(8)
+    ],
     dtype=np.float64,
 )
 _DCT_POSITIONS = ((0, 1), (1, 0), (1, 1), (0, 2), (2, 0))
@@ -464,7 +467,7 @@ _IJG_LUMA = np.array(
 
 
 def _ijg_table(quality: int) -> np.ndarray:
-    """libjpeg's luminance quantisation table scaled for ``quality`` (1-100, baseline clamp to 255)."""
+    """The libjpeg luminance quantisation table scaled for ``quality`` (1-100, baseline clamp to 255)."""
     quality = min(max(int(quality), 1), 100)
     scale = 5000.0 / quality if quality < 50 else 200.0 - 2.0 * quality
     return np.clip(np.floor((_IJG_LUMA * scale + 50.0) / 100.0), 1.0, 255.0)
@@ -701,7 +704,7 @@ def _rain(y: np.ndarray, y_half: np.ndarray, sigma: float) -> dict[str, float]:
         histogram = np.bincount(bins.ravel(), weights=bright.ravel(), minlength=_N_ORIENT) + 1e-12
         peak_bin = max(candidates, key=lambda i: histogram[i])
         peak = math.log10(histogram[peak_bin] / float(np.median(histogram)))
-        angle = float(np.mod(_circular_argmax_at(histogram, peak_bin) * step, 180.0))
+        angle = float(np.mod(_circular_argmax(histogram, peak_bin) * step, 180.0))
         near = np.abs((angle_map - angle + 90.0) % 180.0 - 90.0) <= step
         block = 16 if not suffix else 8
         strength = _block_mean(bright, block)
@@ -733,15 +736,6 @@ def _rain(y: np.ndarray, y_half: np.ndarray, sigma: float) -> dict[str, float]:
     out["rain_energy"] = float(positive.mean()) - 0.396 * sigma
     out["residual_asymmetry"] = math.log10(pos_energy / neg_energy)
     return out
-
-
-def _circular_argmax_at(values: np.ndarray, i: int) -> float:
-    """Sub-bin position of the peak of a circular profile at bin ``i`` (parabolic interpolation)."""
-    n = len(values)
-    left, centre, right = values[(i - 1) % n], values[i], values[(i + 1) % n]
-    denom = 2 * centre - left - right
-    shift = 0.5 * (right - left) / denom if denom > 1e-12 else 0.0
-    return i + float(np.clip(shift, -0.5, 0.5))
 
 
 def _raindrop(y: np.ndarray, half: np.ndarray, sigma: float) -> dict[str, float]:

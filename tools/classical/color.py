@@ -151,6 +151,7 @@ class WhiteBalance(Tool):
     def apply(
         self,
         image: np.ndarray,
+        *,
         strength: float = 1.0,
         method: str = "auto",
         p: float = 6.0,
@@ -159,6 +160,7 @@ class WhiteBalance(Tool):
         b_gain: float = 0.0,
         max_gain: float = 2.0,
         deadzone: float = 0.2,
+        **_ignored: Any,
     ) -> np.ndarray:
         """White-balance ``image`` with given or estimated gains."""
         if min(r_gain, g_gain, b_gain) > 0:
@@ -236,11 +238,13 @@ class UnderwaterColor(Tool):
     def apply(
         self,
         image: np.ndarray,
+        *,
         strength: float = 1.0,
         alpha: float = 1.0,
         contrast: float = 0.2,
         clip_limit: float = 1.5,
         max_gain: float = 3.0,
+        **_ignored: Any,
     ) -> np.ndarray:
         """Compensate, white-balance and (mildly) re-contrast an underwater image."""
         compensated = compensate_attenuated_channels(image, alpha)

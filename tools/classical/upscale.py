@@ -165,11 +165,13 @@ class UpscaleDetail(Tool):
     def apply(
         self,
         image: np.ndarray,
+        *,
         strength: float = 1.0,
         factor: float = 1.0,
         scale: float = 0.0,
         iterations: int = 8,
         sharpen: float = 0.3,
+        **_ignored: Any,
     ) -> np.ndarray:
         """Upscale by ``factor`` (> 1) or recover a same-size image of effective resolution ``scale``."""
         h, w = image.shape[:2]
