@@ -80,6 +80,11 @@ def write_outputs(run_dir: Path, artifact: str, output_path: str | None, input_p
     protect = [input_path]
     depth = 16 if bit_depth > 8 else 8
     run_output = save_image(image, run_dir / "output.png", bit_depth=depth, protect=protect)
-    if output_path:
-        return str(save_image(image, output_path, bit_depth=depth, protect=protect))
-    return str(run_output)
+    if not output_path:
+        return str(run_output)
+    target = Path(output_path)
+    if target.resolve() == Path(input_path).resolve():
+        raise ValueError(f"refusing to write the output over the input {input_path}")
+    # Same bytes as the run directory's copy: copy the file instead of encoding the PNG again.
+    _atomic_write_bytes(target, lambda handle: handle.write(run_output.read_bytes()))
+    return str(target)

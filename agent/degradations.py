@@ -80,3 +80,23 @@ def restoration_order(degradations: list[Degradation] | set[Degradation]) -> lis
     """Sort degradations into the order they should be undone (reverse physical order)."""
     rank = {d: i for i, d in enumerate(PHYSICAL_ORDER)}
     return sorted(set(degradations), key=lambda d: -rank[d])
+
+
+_BLURS = frozenset({Degradation.MOTION_BLUR, Degradation.DEFOCUS_BLUR, Degradation.LOW_RESOLUTION})
+
+#: What removing a degradation can legitimately reveal or amplify: noise and JPEG blocks hide
+#: blur; smoothing away rain looks like blur; brightening or dehazing lifts noise and blocks
+#: out of the shadows. The verifier does not hold such a rise against the step, and the
+#: planner may take a revealed type up again.
+REVEALS: dict[Degradation, frozenset[Degradation]] = {
+    Degradation.NOISE: _BLURS,
+    Degradation.JPEG: _BLURS,
+    Degradation.RAIN: _BLURS,
+    Degradation.RAINDROP: _BLURS,
+    Degradation.LOW_LIGHT: frozenset({Degradation.NOISE, Degradation.JPEG, Degradation.COLOR_CAST}),
+    Degradation.HAZE: frozenset({Degradation.NOISE, Degradation.JPEG, Degradation.COLOR_CAST, Degradation.LOW_LIGHT}),
+    Degradation.COLOR_CAST: frozenset(),
+    Degradation.MOTION_BLUR: frozenset(),
+    Degradation.DEFOCUS_BLUR: frozenset(),
+    Degradation.LOW_RESOLUTION: frozenset(),
+}

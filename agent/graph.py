@@ -176,7 +176,10 @@ def verify(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
             image_path=candidate["path"],
             report=after.model_dump(mode="json"),
             iqa=after_iqa.to_dict(),
-            handled=[*state.get("handled", []), target.value],
+            handled=[
+                *[h for h in state.get("handled", []) if h not in record["checks"].get("revealed", {})],
+                target.value,
+            ],
             accepted=[*state.get("accepted", []), record],
             step=None,
         )

@@ -15,7 +15,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from agent.degradations import Degradation
+from agent.degradations import REVEALS, Degradation
 from agent.iqa import IQAScore, relative_change
 from agent.report import DegradationReport
 from tools.imageops import gray
@@ -92,13 +92,15 @@ def verify_step(
     threshold = thresholds.presence_threshold
     prob_drop = before.probability(target) - after.probability(target)
     sev_drop = before.severity(target) - after.severity(target)
-    rises = {
-        d.value: round(after.probability(d) - before.probability(d), 4)
+    all_rises = {
+        d: round(after.probability(d) - before.probability(d), 4)
         for d in after.estimates
         if d != target
         and after.probability(d) >= threshold
         and after.probability(d) - before.probability(d) > thresholds.max_other_rise
     }
+    revealed = {d.value: v for d, v in all_rises.items() if d in REVEALS[target]}
+    rises = {d.value: v for d, v in all_rises.items() if d not in REVEALS[target]}
     protected_rises = [
         d.value for d in (protected or []) if after.probability(d) < before.probability(d) - thresholds.max_other_rise
     ]
@@ -107,6 +109,7 @@ def verify_step(
         "target_probability_drop": round(prob_drop, 4),
         "target_severity_drop": round(sev_drop, 4),
         "other_rises": rises,
+        "revealed": revealed,
         "iqa_gain": None if gain is None else round(gain, 4),
         "fidelity": round(fidelity, 4),
     }

@@ -16,6 +16,7 @@ from tools.base import STRENGTH, Param, Tool, ToolRegistry, ToolSpec
 #: The tools the shipped policies may name, and what each is meant to restore.
 EXPECTED_TOOLS: dict[str, tuple[Degradation, ...]] = {
     "denoise_nlm": (Degradation.NOISE,),
+    "denoise_dct": (Degradation.NOISE,),
     "deblock_jpeg": (Degradation.JPEG,),
     "lowlight_retinex": (Degradation.LOW_LIGHT,),
     "dehaze_dcp": (Degradation.HAZE,),
