@@ -14,7 +14,7 @@ from typing import Any
 from langgraph.checkpoint.sqlite import SqliteSaver
 
 from agent.context import RunContext
-from agent.graph import build_graph
+from agent.graph import graph as compiled_graph
 from agent.trace import build_trace, write_trace
 
 logger = logging.getLogger(__name__)
@@ -74,7 +74,11 @@ def restore_image(
     start = time.perf_counter()
     conn = sqlite3.connect(run_dir / CHECKPOINT_FILE, check_same_thread=False)
     try:
-        graph = build_graph().compile(checkpointer=SqliteSaver(conn), interrupt_after=interrupt_after)
+        # The graph is compiled once at import; each run gets a copy bound to its own checkpoint file.
+        update: dict[str, Any] = {"checkpointer": SqliteSaver(conn)}
+        if interrupt_after:
+            update["interrupt_after_nodes"] = list(interrupt_after)
+        graph = compiled_graph.copy(update=update)
         config = _config()
         snapshot = graph.get_state(config)
         if resume and snapshot.values:

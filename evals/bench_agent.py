@@ -74,13 +74,19 @@ def main(argv: list[str] | None = None) -> int:
     for i, item in enumerate(tqdm(items, desc="benchmark", unit="img", file=sys.stderr)):
         stem = f"{i:03d}_{item['combo']}_{Path(item['name']).stem}"
         input_path = out / "inputs" / f"{stem}.png"
-        save_image(item["degraded"], input_path, bit_depth=16)
+        save_image(item["degraded"], input_path)
         start = time.perf_counter()
         result = restore_image(input_path, out / "runs" / stem, context, output_path=out / "outputs" / f"{stem}.png")
         wall = time.perf_counter() - start
         restored = load_image(result.output_path).image
         degraded = load_image(input_path).image
         clean = item["clean"]
+        # Oracle diagnostics (not seen by the agent): PSNR of every attempt against the clean image.
+        attempt_psnr = [
+            (a.get("tool"), a.get("decision"), round(psnr(np.load(a["artifact"]), clean), 2))
+            for a in result.trace.get("attempts", [])
+            if a.get("artifact")
+        ]
         timings = result.trace.get("timings", {})
         work = sum(timings.get(k, 0.0) for k in ("tools", "perception", "verification"))
         rows.append({
@@ -89,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             "ssim_in": ssim(degraded, clean), "ssim_out": ssim(restored, clean),
             "pixels": int(clean.shape[0] * clean.shape[1]), "wall": wall, "work": work,
             "steps": [s["tool"] for s in result.trace.get("accepted", [])], "kept": result.kept,
-            "tool_calls": result.trace.get("tool_calls", 0),
+            "tool_calls": result.trace.get("tool_calls", 0), "attempt_psnr": attempt_psnr,
         })
     (out / "results.json").write_text(json.dumps(rows, indent=2))
     print_report(rows, args.policy)

@@ -46,7 +46,7 @@ MEASUREMENTS: dict[str, str] = {
     "downup_2": "log10 relative error of a 1/2 down-up resampling of luminance (small = already low resolution)",
     "downup_4": "log10 relative error of a 1/4 down-up resampling",
     # JPEG
-    "jpeg_blockiness": "mean |difference| across the 8x8 grid over inside it, minus 1 (both directions)",
+    "jpeg_blockiness": "mean |difference| across the 8x8 grid over the adjacent columns/rows, minus 1",
     "jpeg_grid_peak": "strength of the period-8 component of the |first difference| profile",
     "jpeg_periodicity": "mean quantisation-lattice score of low-frequency DCT coefficients (0 none, 1 perfect)",
     "jpeg_qstep": "mean estimated quantiser step of the detected low-frequency DCT positions (0-255 scale)",
@@ -429,13 +429,17 @@ def _grid_offset(diff_profile: np.ndarray) -> int:
 
 
 def _grid_blockiness(diff_profile: np.ndarray, offset: int) -> float:
-    """Mean |difference| across block boundaries over the median inside blocks, minus 1."""
+    """Mean |difference| across block boundaries over the larger of its two neighbours, minus 1.
+
+    Block edges are a one-pixel spike in the folded profile; comparing with the neighbouring phases
+    (not the interior median) ignores smooth textures that happen to repeat every 8 pixels.
+    """
     folded = _folded(diff_profile)
     if folded is None:
         return 0.0
     phase = (offset - 1) % 8
-    interior = np.delete(folded, phase)
-    return float(folded[phase] / max(float(np.median(interior)), 1e-9) - 1.0)
+    neighbours = max(float(folded[(phase - 1) % 8]), float(folded[(phase + 1) % 8]))
+    return float(folded[phase] / max(neighbours, 1e-9) - 1.0)
 
 
 _DCT8 = np.array(
@@ -522,6 +526,8 @@ def _dct_quantisation(y: np.ndarray, top: int, left: int) -> tuple[float, float,
     if not steps:
         return 0.0, 0.0, 100.0
     detected = [q for q in steps.values() if q > 1.0]
+    if len(detected) < 2:  # one lattice-like position can be a texture; JPEG quantises them all
+        detected = []
     periodicity = float(np.mean(scores)) if detected else 0.0
     qstep = float(np.mean(detected)) if detected else 0.0
     quality = _best_quality(steps) if detected else 100.0
