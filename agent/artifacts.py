@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -78,7 +78,7 @@ def write_outputs(run_dir: Path, artifact: str, output_path: str | None, input_p
     """
     image = read(artifact)
     protect = [input_path]
-    depth = 16 if bit_depth > 8 else 8
+    depth: Literal[8, 16] = 16 if bit_depth > 8 else 8
     run_output = save_image(image, run_dir / "output.png", bit_depth=depth, protect=protect)
     if not output_path:
         return str(run_output)

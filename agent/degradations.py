@@ -7,10 +7,10 @@ them in reverse (scene -> optics -> sensor -> processing -> compression, undone 
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class Degradation(str, Enum):
+class Degradation(StrEnum):
     """A kind of image degradation the agent can perceive and restore."""
 
     NOISE = "noise"

@@ -1,8 +1,8 @@
-"""The Restora agent as one LangGraph ``StateGraph``.
+r"""The Restora agent as one LangGraph ``StateGraph``.
 
     ingest -> perceive -> plan --(step)--> act -> verify --(retry)--> act
-                           ^  \\--(done)--> finish        |
-                           \\------(accepted / rolled back)
+                           ^  \--(done)--> finish        |
+                           \------(accepted / rolled back)
 
 Every node reads pixels from the run directory and writes new pixels there, so the state and
 its checkpoints hold only paths and small records; a killed run resumes from its last
@@ -87,7 +87,10 @@ def plan(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
         return {"step": None}
     spent = sum(state.get("timings", {}).get(k, 0.0) for k in ("tools", "perception", "verification", "io"))
     if budgets.time_budget_s is not None and spent >= budgets.time_budget_s:
-        return {"step": None, "attempts": [{"decision": "stop", "reason": f"time budget {budgets.time_budget_s}s spent"}]}
+        return {
+            "step": None,
+            "attempts": [{"decision": "stop", "reason": f"time budget {budgets.time_budget_s}s spent"}],
+        }
     step = next_step(
         _report(state["report"]), state.get("handled", []), Intent.from_dict(state.get("intent")), ctx.policy, ctx.tools
     )
@@ -215,6 +218,7 @@ def finish(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
             _iqa(state["iqa"]),
             fidelity,
             ctx.policy.thresholds,
+            targets=[Degradation(step["target"]) for step in state["accepted"]],
         )
         timings["verification"] = time.perf_counter() - start
         if not ctx.policy.thresholds.final_check:
@@ -249,7 +253,7 @@ def route_after_verify(state: State) -> Literal["act", "plan"]:
     return "act" if state.get("step") else "plan"
 
 
-def build_graph() -> StateGraph:
+def build_graph() -> StateGraph[State, RunContext, InputState, State]:
     """The uncompiled graph (compile it with a checkpointer of your choice)."""
     builder = StateGraph(State, context_schema=RunContext, input_schema=InputState)
     builder.add_node("ingest", ingest)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.sqlite import SqliteSaver
 
 from agent.context import RunContext
@@ -39,7 +40,7 @@ class RunResult:
     error: str | None = None
 
 
-def _config() -> dict[str, Any]:
+def _config() -> RunnableConfig:
     return {"configurable": {"thread_id": THREAD_ID}, "recursion_limit": 200}
 
 
@@ -78,7 +79,7 @@ def restore_image(
         update: dict[str, Any] = {"checkpointer": SqliteSaver(conn)}
         if interrupt_after:
             update["interrupt_after_nodes"] = list(interrupt_after)
-        graph = compiled_graph.copy(update=update)
+        graph: Any = compiled_graph.copy(update=update)
         config = _config()
         snapshot = graph.get_state(config)
         if resume and snapshot.values:

@@ -34,6 +34,7 @@ class InputState(TypedDict):
 
 class State(InputState, total=False):
     """Everything the nodes read and write while restoring one image."""
+
     input_info: dict[str, Any]
     """What ingest found and normalised (mode, bit depth, orientation, size, notes)."""
     input_artifact: str

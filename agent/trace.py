@@ -99,7 +99,11 @@ def _report_rows(report: dict[str, Any] | None) -> str:
             f"<tr><td>{html.escape(name)}</td><td>{est['probability']:.2f}</td>"
             f"<td>{est['severity']:.2f}</td><td>{html.escape(params)}</td></tr>"
         )
-    return "<table><tr><th>degradation</th><th>p</th><th>severity</th><th>parameters</th></tr>" + "".join(rows) + "</table>"
+    return (
+        "<table><tr><th>degradation</th><th>p</th><th>severity</th><th>parameters</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
 
 
 def render_html(trace: dict[str, Any], input_artifact: str | None) -> str:

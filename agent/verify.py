@@ -114,16 +114,26 @@ def verify_step(
         "fidelity": round(fidelity, 4),
     }
     target_dropped = prob_drop >= thresholds.min_target_drop or sev_drop >= thresholds.min_target_drop
-    if not target_dropped:
+    partial = (
+        thresholds.min_iqa_gain is not None
+        and gain is not None
+        and gain >= thresholds.min_iqa_gain
+        and prob_drop >= -thresholds.min_target_drop / 2
+        and sev_drop >= -thresholds.min_target_drop / 2
+    )
+    if not target_dropped and not partial:
         return Verdict(False, f"{target.value} did not drop enough", checks)
     if rises:
         return Verdict(False, "other degradations rose: " + ", ".join(f"{k} +{v}" for k, v in rises.items()), checks)
     if protected_rises:
         return Verdict(False, "removed a protected effect: " + ", ".join(protected_rises), checks)
-    if gain is not None and gain < -thresholds.iqa_tolerance:
-        return Verdict(False, f"no-reference quality fell by {-gain:.1%}", checks)
+    tolerance = thresholds.iqa_tolerance_by_target.get(target, thresholds.iqa_tolerance)
+    if gain is not None and gain < -tolerance:
+        return Verdict(False, f"no-reference quality fell by {-gain:.1%} (tolerance {tolerance:.0%})", checks)
     if fidelity < thresholds.min_fidelity:
         return Verdict(False, f"structure drifted from the input (fidelity {fidelity:.3f})", checks)
+    if not target_dropped:
+        return Verdict(True, f"{target.value} not measurably lower, but quality rose {gain:+.1%}", checks)
     return Verdict(True, f"{target.value} reduced", checks)
 
 
@@ -134,8 +144,13 @@ def verify_final(
     output_iqa: IQAScore,
     fidelity: float,
     thresholds: Any,
+    targets: list[Degradation] | None = None,
 ) -> Verdict:
-    """Whether the output beats the input; otherwise the agent returns the input unchanged."""
+    """Whether the output beats the input; otherwise the agent returns the input unchanged.
+
+    ``targets`` are the degradations of the accepted steps: the NR-IQA tolerance is the largest
+    of theirs (smoothing steps legitimately lower PIQE/NIQE).
+    """
     threshold = thresholds.presence_threshold
     load_in = degradation_load(input_report, threshold)
     load_out = degradation_load(output_report, threshold)
@@ -146,9 +161,17 @@ def verify_final(
         "iqa_gain": None if gain is None else round(gain, 4),
         "fidelity": round(fidelity, 4),
     }
-    if load_out > load_in - thresholds.final_margin:
+    less_degraded = load_out <= load_in - thresholds.final_margin
+    better_looking = (
+        thresholds.min_iqa_gain is not None and gain is not None and gain >= thresholds.min_iqa_gain
+    ) and load_out <= load_in + thresholds.min_target_drop / 2
+    if not less_degraded and not better_looking:
         return Verdict(False, "the output does not look less degraded than the input", checks)
-    if gain is not None and gain < -thresholds.iqa_tolerance:
+    tolerance = max(
+        [thresholds.iqa_tolerance_by_target.get(t, thresholds.iqa_tolerance) for t in targets or []]
+        + [thresholds.iqa_tolerance]
+    )
+    if gain is not None and gain < -tolerance:
         return Verdict(False, f"no-reference quality of the output is {-gain:.1%} worse than the input", checks)
     if fidelity < thresholds.min_fidelity:
         return Verdict(False, f"the output drifted from the input's structure (fidelity {fidelity:.3f})", checks)

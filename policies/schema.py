@@ -70,6 +70,22 @@ class Thresholds(_Section):
         le=1.0,
         description="relative worsening of the no-reference quality scores that is tolerated",
     )
+    iqa_tolerance_by_target: dict[Degradation, float] = Field(
+        default_factory=dict,
+        description=(
+            "per targeted degradation, a different iqa_tolerance: NR metrics penalise the legitimate smoothing of "
+            "denoising, deblocking and deraining, while brightening, colour and haze steps should not lose quality"
+        ),
+    )
+    min_iqa_gain: float | None = Field(
+        default=0.03,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "a step whose target did not measurably drop is still kept when no-reference quality rose by at least "
+            "this much and the target did not rise (tools that restore only part of a degradation); null disables"
+        ),
+    )
     min_fidelity: float = Field(
         default=0.45,
         ge=-1.0,

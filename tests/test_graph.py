@@ -32,8 +32,9 @@ def test_graph_runs_with_in_memory_checkpointer(tmp_path):
     image = noisy_dark_image(tmp_path / "in.png")
     compiled = build_graph().compile(checkpointer=InMemorySaver())
     config = {"configurable": {"thread_id": "t"}}
-    state = compiled.invoke({"input_path": str(image), "run_dir": str(tmp_path / "run")}, config,
-                            context=fake_context())
+    state = compiled.invoke(
+        {"input_path": str(image), "run_dir": str(tmp_path / "run")}, config, context=fake_context()
+    )
     assert state["status"] == "done"
     assert [a["tool"] for a in state["accepted"]] == ["fake_denoise", "fake_brighten"]
 
@@ -105,9 +106,17 @@ def test_killed_process_resumes_to_the_same_output(tmp_path):
     calls = tmp_path / "calls.txt"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes", str(image), str(tmp_path / "killed"), str(tmp_path / "k.png"),
-         str(calls)],
-        cwd=REPO, env=env,
+        [
+            sys.executable,
+            "-m",
+            "tests.fakes",
+            str(image),
+            str(tmp_path / "killed"),
+            str(tmp_path / "k.png"),
+            str(calls),
+        ],
+        cwd=REPO,
+        env=env,
     )
     deadline = time.time() + 120
     while time.time() < deadline and not (calls.exists() and calls.read_text().count("call") >= 1):

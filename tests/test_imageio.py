@@ -6,6 +6,7 @@ import os
 import struct
 import zlib
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -168,7 +169,7 @@ def test_common_formats_load(tmp_path: Path, suffix: str, tolerance: int) -> Non
     pixels[:, :20] = (200, 40, 10)
     pixels[:, 20:] = (10, 90, 220)
     path = tmp_path / f"img{suffix}"
-    options = {"lossless": True} if suffix == ".webp" else {}
+    options: dict[str, Any] = {"lossless": True} if suffix == ".webp" else {}
     Image.fromarray(pixels).save(path, **options)
     loaded = load_image(path)
     assert loaded.image.shape == (32, 40, 3)

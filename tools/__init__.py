@@ -10,5 +10,14 @@ def default_registry() -> ToolRegistry:
     return REGISTRY
 
 
-__all__ = ["REGISTRY", "Param", "Tool", "ToolError", "ToolRegistry", "ToolResult", "ToolSpec", "default_registry",
-           "register_tool"]
+__all__ = [
+    "REGISTRY",
+    "Param",
+    "Tool",
+    "ToolError",
+    "ToolRegistry",
+    "ToolResult",
+    "ToolSpec",
+    "default_registry",
+    "register_tool",
+]

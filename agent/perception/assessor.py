@@ -17,7 +17,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -85,7 +85,7 @@ def feature_value(name: str, measurements: Mapping[str, float]) -> float:
     return value
 
 
-def feature_matrix(names: list[str], rows: list[Mapping[str, float]]) -> np.ndarray:
+def feature_matrix(names: list[str], rows: Sequence[Mapping[str, float]]) -> np.ndarray:
     """Stack the features ``names`` of many measurement dicts into an (n, d) float64 array."""
     return np.array([[feature_value(n, row) for n in names] for row in rows], dtype=np.float64).reshape(
         len(rows), len(names)

@@ -265,7 +265,7 @@ def _spectrum_tables(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
     step = 180.0 / _N_ORIENT
     orient = np.floor(theta / step + 0.5).astype(int) % _N_ORIENT  # bin i is centred on i * step degrees
     labels = np.where(valid, orient * n_bands + band, _N_ORIENT * n_bands).astype(np.int64).ravel()
-    weight = np.full(radius.shape, 2.0)
+    weight: np.ndarray = np.full(radius.shape, 2.0)
     weight[:, 0] = 1.0
     if w % 2 == 0:
         weight[:, -1] = 1.0

@@ -98,9 +98,9 @@ def parse_request(text: str | None) -> Intent:
     return Intent(only=only, protect=protect, text=text)
 
 
-def expand_candidates(policy: Any, registry: ToolRegistry, degradation: Degradation, report: DegradationReport) -> list[
-    dict[str, Any]
-]:
+def expand_candidates(
+    policy: Any, registry: ToolRegistry, degradation: Degradation, report: DegradationReport
+) -> list[dict[str, Any]]:
     """The ordered attempts for one degradation: each candidate tool at each of its strengths.
 
     Parameters come from, in increasing priority: the tool's defaults, the tool's own
@@ -140,7 +140,11 @@ def next_step(
         present = [d for d in present if d in intent.only]
     if not present:
         return None
-    order = [Degradation(d) for d in policy.order_prior] if policy.order_prior else restoration_order(ALL_DEGRADATIONS)
+    order = (
+        [Degradation(d) for d in policy.order_prior]
+        if policy.order_prior
+        else restoration_order(list(ALL_DEGRADATIONS))
+    )
     rank = {d: i for i, d in enumerate(order)}
     present.sort(key=lambda d: (rank.get(d, len(rank)), -report.probability(d)))
     target = present[0]

@@ -123,7 +123,7 @@ def detect_quality(image: np.ndarray, max_blocks: int = 4096) -> int | None:
     y = _pad_to_blocks(rgb_to_ycbcr(image)[..., 0].astype(np.float64)) - 128.0
     coefficients = block_dct(y).reshape(-1, 8, 8)
     # Blocks with pixels clipped at black or white no longer hold the decoded coefficients: skip them.
-    clipped = ((image <= 0.5 / 255.0) | (image >= 254.5 / 255.0)).any(axis=2).astype(np.float32)
+    clipped = np.asarray(((image <= 0.5 / 255.0) | (image >= 254.5 / 255.0)).any(axis=2), dtype=np.float32)
     clipped_blocks = _pad_to_blocks(clipped).reshape(y.shape[0] // 8, 8, y.shape[1] // 8, 8).max(axis=(1, 3))
     if (clipped_blocks == 0).sum() >= 16:
         coefficients = coefficients[clipped_blocks.ravel() == 0]
