@@ -118,8 +118,8 @@ def verify_step(
         thresholds.min_iqa_gain is not None
         and gain is not None
         and gain >= thresholds.min_iqa_gain
-        and prob_drop >= -thresholds.min_target_drop / 2
-        and sev_drop >= -thresholds.min_target_drop / 2
+        and prob_drop >= -thresholds.min_target_drop
+        and sev_drop >= -thresholds.min_target_drop
     )
     if not target_dropped and not partial:
         return Verdict(False, f"{target.value} did not drop enough", checks)
@@ -164,7 +164,7 @@ def verify_final(
     less_degraded = load_out <= load_in - thresholds.final_margin
     better_looking = (
         thresholds.min_iqa_gain is not None and gain is not None and gain >= thresholds.min_iqa_gain
-    ) and load_out <= load_in + thresholds.min_target_drop / 2
+    ) and load_out <= load_in + thresholds.min_target_drop
     if not less_degraded and not better_looking:
         return Verdict(False, "the output does not look less degraded than the input", checks)
     tolerance = max(
