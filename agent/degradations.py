@@ -87,7 +87,8 @@ _BLURS = frozenset({Degradation.MOTION_BLUR, Degradation.DEFOCUS_BLUR, Degradati
 #: What removing a degradation can legitimately reveal or amplify: noise and JPEG blocks hide
 #: blur; smoothing away rain looks like blur; brightening or dehazing lifts noise and blocks
 #: out of the shadows. (Brightening also lifts the dark channel, a haze cue, but a haze step after
-#: brightening was seen to wreck an image, so that rise still counts against the step.) The verifier does not hold such a rise against the step, and the
+#: brightening was seen to wreck an image, so that rise still counts against the step.)
+#: The verifier does not hold such a rise against the step, and the
 #: planner may take a revealed type up again.
 REVEALS: dict[Degradation, frozenset[Degradation]] = {
     Degradation.NOISE: _BLURS,

@@ -11,6 +11,7 @@ import yaml
 
 from agent.degradations import ALL_DEGRADATIONS, Degradation, restoration_order
 from policies import Policy, PolicyError, list_policies, load_policy, policy_from_mapping, validate_tools
+from tools import default_registry
 from tools.base import STRENGTH, Param, Tool, ToolRegistry, ToolSpec
 
 #: The tools the shipped policies may name, and what each is meant to restore.
@@ -62,7 +63,7 @@ def test_shipped_policy_loads_and_covers_every_degradation(name: str) -> None:
     assert policy.missing_candidates() == []
     assert set(policy.tool_names()) <= set(EXPECTED_TOOLS)
     assert policy.order_prior == restoration_order(list(ALL_DEGRADATIONS))
-    assert validate_tools(policy, _fake_registry(EXPECTED_TOOLS)) == []
+    assert validate_tools(policy, default_registry()) == []
     # The planner looks candidates up by the plain degradation name (a str key, hence the ignore).
     by_name = policy.candidates.get("noise")  # type: ignore[call-overload]
     assert by_name == policy.candidates_for(Degradation.NOISE)
