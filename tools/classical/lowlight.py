@@ -119,6 +119,16 @@ def lime_illumination(image: np.ndarray, power: float) -> np.ndarray:
     return np.power(np.clip(refined, 1e-3, 1.0), power)
 
 
+#: Below this low-light probability, a photo that looks normally exposed is left alone.
+_CONFIDENT = 0.9
+
+
+def _looks_well_exposed(measurements: dict[str, float]) -> bool:
+    """Mean luminance near mid-grey and highlights reaching near white (when the assessor measured them)."""
+    mean, top = measurements.get("lum_mean"), measurements.get("lum_p99")
+    return mean is not None and top is not None and mean >= 0.3 and top >= 0.75
+
+
 @register_tool
 class RetinexLowLight(Tool):
     """Undo a global darkening curve (range compression, value shift or gamma) or apply LIME-style retinex."""
@@ -153,6 +163,10 @@ class RetinexLowLight(Tool):
         if est is None:
             return {}
         if est.probability < 0.5 or est.severity == 0.0:
+            return {"gain": 1.0}
+        if est.probability < _CONFIDENT and _looks_well_exposed(report.measurements):
+            # Naturally dim scenes fool the exposure cues; brightening a photo whose exposure is
+            # within the normal photographic range is not a restoration (it cost up to 8 dB).
             return {"gain": 1.0}
         if "gain" not in est.params:
             return {}
