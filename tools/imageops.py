@@ -5,6 +5,22 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+#: The IJG (libjpeg) standard luminance quantisation table (ITU-T T.81 Annex K.1), which libjpeg,
+#: Pillow and OpenCV scale by the quality setting.
+IJG_LUMA_TABLE = np.array(
+    [
+        [16, 11, 10, 16, 24, 40, 51, 61],
+        [12, 12, 14, 19, 26, 58, 60, 55],
+        [14, 13, 16, 24, 40, 57, 69, 56],
+        [14, 17, 22, 29, 51, 87, 80, 62],
+        [18, 22, 37, 56, 68, 109, 103, 77],
+        [24, 35, 55, 64, 81, 104, 113, 92],
+        [49, 64, 78, 87, 103, 121, 120, 101],
+        [72, 92, 95, 98, 112, 100, 103, 99],
+    ],
+    dtype=np.float64,
+)
+
 #: ITU-R BT.601 luma weights, as used for PSNR/SSIM "on Y" in restoration papers.
 _Y_WEIGHTS = np.array([65.481, 128.553, 24.966], dtype=np.float32) / 255.0
 

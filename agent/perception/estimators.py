@@ -19,6 +19,8 @@ import math
 import cv2
 import numpy as np
 
+from tools.imageops import IJG_LUMA_TABLE
+
 #: Every key :func:`measure` returns, with what it means. Intensities are in [0, 1] units.
 MEASUREMENTS: dict[str, str] = {
     # noise
@@ -454,20 +456,7 @@ _DCT_POSITIONS = ((0, 1), (1, 0), (1, 1), (0, 2), (2, 0))
 _DCT_BASIS = np.stack([np.outer(_DCT8[u], _DCT8[v]).ravel() for u, v in _DCT_POSITIONS], axis=1).astype(np.float32)
 _LATTICE_THRESHOLD = 0.6
 
-#: The IJG (libjpeg) standard luminance quantisation table (ITU-T T.81 Annex K.1).
-_IJG_LUMA = np.array(
-    [
-        [16, 11, 10, 16, 24, 40, 51, 61],
-        [12, 12, 14, 19, 26, 58, 60, 55],
-        [14, 13, 16, 24, 40, 57, 69, 56],
-        [14, 17, 22, 29, 51, 87, 80, 62],
-        [18, 22, 37, 56, 68, 109, 103, 77],
-        [24, 35, 55, 64, 81, 104, 113, 92],
-        [49, 64, 78, 87, 103, 121, 120, 101],
-        [72, 92, 95, 98, 112, 100, 103, 99],
-    ],
-    dtype=np.float64,
-)
+_IJG_LUMA = IJG_LUMA_TABLE
 
 
 def _ijg_table(quality: int) -> np.ndarray:

@@ -28,23 +28,11 @@ from agent.degradations import Degradation
 from agent.report import DegradationReport
 from tools.base import STRENGTH, Param, Tool, ToolSpec, register_tool
 from tools.classical.denoise import PATCH, SlidingDCT, aggregate_patches, pad_for_patches
+from tools.imageops import IJG_LUMA_TABLE
 
 logger = logging.getLogger(__name__)
 
-#: The IJG (JPEG standard Annex K) base tables, scaled by quality as libjpeg, Pillow and OpenCV do.
-_LUMA_BASE = np.array(
-    [
-        [16, 11, 10, 16, 24, 40, 51, 61],
-        [12, 12, 14, 19, 26, 58, 60, 55],
-        [14, 13, 16, 24, 40, 57, 69, 56],
-        [14, 17, 22, 29, 51, 87, 80, 62],
-        [18, 22, 37, 56, 68, 109, 103, 77],
-        [24, 35, 55, 64, 81, 104, 113, 92],
-        [49, 64, 78, 87, 103, 121, 120, 101],
-        [72, 92, 95, 98, 112, 100, 103, 99],
-    ],
-    dtype=np.float64,
-)
+_LUMA_BASE = IJG_LUMA_TABLE
 _CHROMA_BASE = np.full((8, 8), 99.0)
 _CHROMA_BASE[:4, :4] = [[17, 18, 24, 47], [18, 21, 26, 66], [24, 26, 56, 99], [47, 66, 99, 99]]
 
