@@ -1,0 +1,79 @@
+"""Step and final verification on hand-made reports: each rule accepts and rejects as documented."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from agent.degradations import ALL_DEGRADATIONS, Degradation
+from agent.iqa import IQAScore
+from agent.report import DegradationEstimate, DegradationReport
+from agent.verify import structural_fidelity, verify_final, verify_step
+from policies import load_policy
+
+THRESHOLDS = load_policy("default").thresholds
+
+
+def report(**probabilities: float) -> DegradationReport:
+    estimates = {d: DegradationEstimate(probability=0.0, severity=0.0) for d in ALL_DEGRADATIONS}
+    for name, p in probabilities.items():
+        estimates[Degradation(name)] = DegradationEstimate(probability=p, severity=p)
+    return DegradationReport(assessor="test", estimates=estimates)
+
+
+def iqa(piqe: float) -> IQAScore:
+    return IQAScore(values={"piqe": piqe}, lower_better={"piqe": True})
+
+
+def test_accepts_when_target_drops_and_nothing_else_rises():
+    v = verify_step(Degradation.NOISE, report(noise=0.9), report(noise=0.1), iqa(50), iqa(45), 0.95, THRESHOLDS)
+    assert v.accept, v.reason
+
+
+def test_rejects_when_target_does_not_drop_and_quality_does_not_rise():
+    v = verify_step(Degradation.NOISE, report(noise=0.9), report(noise=0.88), iqa(50), iqa(50), 0.95, THRESHOLDS)
+    assert not v.accept and "did not drop" in v.reason
+
+
+def test_partial_restoration_kept_when_quality_rises():
+    before, after = report(low_resolution=0.9), report(low_resolution=0.92)
+    v = verify_step(Degradation.LOW_RESOLUTION, before, after, iqa(50), iqa(45), 0.99, THRESHOLDS)
+    assert v.accept and "quality rose" in v.reason
+
+
+def test_rejects_an_unrelated_rise_but_tolerates_a_revealed_one():
+    before = report(noise=0.9, haze=0.1, defocus_blur=0.2)
+    hazier = report(noise=0.1, haze=0.8, defocus_blur=0.2)
+    v = verify_step(Degradation.NOISE, before, hazier, iqa(50), iqa(45), 0.95, THRESHOLDS)
+    assert not v.accept and "haze" in v.reason
+    blurrier = report(noise=0.1, haze=0.1, defocus_blur=0.8)  # denoising reveals blur noise was hiding
+    v = verify_step(Degradation.NOISE, before, blurrier, iqa(50), iqa(45), 0.95, THRESHOLDS)
+    assert v.accept and v.checks["revealed"] == {"defocus_blur": 0.6}
+
+
+def test_iqa_tolerance_depends_on_the_target():
+    # Denoising may lower PIQE/NIQE by up to 35 %; brightening may not lower it by 2 %.
+    worse = iqa(50 * 1.2)
+    assert verify_step(Degradation.NOISE, report(noise=0.9), report(), iqa(50), worse, 0.95, THRESHOLDS).accept
+    dimmer = iqa(50 * 1.05)
+    v = verify_step(Degradation.LOW_LIGHT, report(low_light=0.9), report(), iqa(50), dimmer, 0.95, THRESHOLDS)
+    assert not v.accept and "quality fell" in v.reason
+
+
+def test_fidelity_guard_rejects_lost_structure():
+    v = verify_step(Degradation.NOISE, report(noise=0.9), report(), iqa(50), iqa(45), 0.2, THRESHOLDS)
+    assert not v.accept and "structure" in v.reason
+
+
+def test_structural_fidelity_ignores_brightness_but_not_inversion():
+    from evals.synthesis import procedural_image
+
+    base = procedural_image(128, 128, seed=1)
+    assert structural_fidelity(base, np.clip(base * 1.3, 0, 1)) > 0.9
+    assert structural_fidelity(base, 1.0 - base) < THRESHOLDS.min_fidelity
+
+
+def test_final_check_returns_input_unless_output_is_better():
+    same = verify_final(report(noise=0.9), report(noise=0.9), iqa(50), iqa(50), 0.99, THRESHOLDS)
+    assert not same.accept
+    better = verify_final(report(noise=0.9), report(noise=0.1), iqa(50), iqa(48), 0.99, THRESHOLDS, [Degradation.NOISE])
+    assert better.accept
