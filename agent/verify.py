@@ -59,11 +59,11 @@ def structural_fidelity(reference: np.ndarray, candidate: np.ndarray, max_side: 
     return float(np.mean(structure))
 
 
-def degradation_load(report: DegradationReport, threshold: float) -> float:
+def degradation_load(report: DegradationReport, thresholds: Any) -> float:
     """How degraded an image looks: sum over present types of probability x (0.5 + severity)."""
     load = 0.0
-    for estimate in report.estimates.values():
-        if estimate.probability >= threshold:
+    for degradation, estimate in report.estimates.items():
+        if estimate.probability >= thresholds.presence_for(degradation):
             load += estimate.probability * (0.5 + estimate.severity)
     return load
 
@@ -89,14 +89,13 @@ def verify_step(
     ``thresholds`` is the policy's thresholds section (presence_threshold, min_target_drop,
     max_other_rise, iqa_tolerance, min_fidelity).
     """
-    threshold = thresholds.presence_threshold
     prob_drop = before.probability(target) - after.probability(target)
     sev_drop = before.severity(target) - after.severity(target)
     all_rises = {
         d: round(after.probability(d) - before.probability(d), 4)
         for d in after.estimates
         if d != target
-        and after.probability(d) >= threshold
+        and after.probability(d) >= thresholds.presence_for(d)
         and after.probability(d) - before.probability(d) > thresholds.max_other_rise
     }
     revealed = {d.value: v for d, v in all_rises.items() if d in REVEALS[target]}
@@ -151,9 +150,8 @@ def verify_final(
     ``targets`` are the degradations of the accepted steps: the NR-IQA tolerance is the largest
     of theirs (smoothing steps legitimately lower PIQE/NIQE).
     """
-    threshold = thresholds.presence_threshold
-    load_in = degradation_load(input_report, threshold)
-    load_out = degradation_load(output_report, threshold)
+    load_in = degradation_load(input_report, thresholds)
+    load_out = degradation_load(output_report, thresholds)
     gain = iqa_gain(input_iqa, output_iqa)
     checks = {
         "input_load": round(load_in, 4),

@@ -55,6 +55,10 @@ class Thresholds(_Section):
     presence_threshold: float = Field(
         default=0.5, gt=0.0, lt=1.0, description="probability from which a type is present"
     )
+    presence_threshold_by_type: dict[Degradation, float] = Field(
+        default_factory=dict,
+        description="per degradation, a different presence threshold for planning a step (calibrated per type)",
+    )
     min_target_drop: float = Field(
         default=0.1,
         ge=0.0,
@@ -98,6 +102,10 @@ class Thresholds(_Section):
     final_margin: float = Field(
         default=0.0, ge=0.0, description="how much less degraded the output must look than the input to be kept"
     )
+
+    def presence_for(self, degradation: Degradation | str) -> float:
+        """The presence threshold of ``degradation``: its per-type value, else the general one."""
+        return self.presence_threshold_by_type.get(Degradation(degradation), self.presence_threshold)
 
 
 class Candidate(_Section):
@@ -238,6 +246,10 @@ class Policy(_Section):
         if missing:
             raise ValueError(f"order_prior must list every degradation once; missing: {', '.join(missing)}")
         return value
+
+    def presence_threshold(self, degradation: Degradation | str) -> float:
+        """The probability from which ``degradation`` counts as present when planning."""
+        return self.thresholds.presence_for(degradation)
 
     def candidates_for(self, degradation: Degradation | str) -> list[Candidate]:
         """Return the candidates for ``degradation`` in order (empty when the policy has none)."""

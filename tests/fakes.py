@@ -131,7 +131,7 @@ def main(input_path: str, run_dir: str, output: str, calls_file: str) -> None:
 
     context = fake_context()
     tool = context.tools.get("fake_denoise")
-    tool.delay = 0.5
+    tool.delay = 3.0  # ample time for the test to see the call and kill the process, even on a loaded machine
     tool.calls_file = Path(calls_file)
     restore_image(input_path, run_dir, context, output_path=output)
 

@@ -134,8 +134,11 @@ def next_step(
     Picks, among the degradations the report finds present and not yet handled, the first in
     the policy's restoration order; the request can narrow (``only``) or protect types.
     """
-    threshold = policy.thresholds.presence_threshold
-    present = [d for d in report.present(threshold) if d.value not in handled and d not in intent.protect]
+    present = [
+        d
+        for d, estimate in report.estimates.items()
+        if estimate.probability >= policy.presence_threshold(d) and d.value not in handled and d not in intent.protect
+    ]
     if intent.only is not None:
         present = [d for d in present if d in intent.only]
     if not present:

@@ -128,7 +128,9 @@ class DarkChannelDehaze(Tool):
         est = report.estimates.get(Degradation.HAZE)
         if est is None:
             return {}
-        if est.probability < 0.5 or est.severity == 0.0:
+        # 0.2, not 0.5: on the calibration images every image with a haze probability of 0.2-0.5
+        # was hazy, and dehazing gained 3.8-4.6 dB on them (see policies/default.yaml).
+        if est.probability < 0.2 or est.severity == 0.0:
             return {"strength": 0.0}
         params: dict[str, Any] = {}
         if est.params.get("density", 0.0) > 0.0:
