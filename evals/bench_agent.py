@@ -59,7 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=2025)
     parser.add_argument("--out", default="bench-out")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images (smoke test)")
+    parser.add_argument("--report", default=None, help="only print the tables of an earlier results.json")
     args = parser.parse_args(argv)
+    if args.report:
+        print_report(json.loads(Path(args.report).read_text()), args.policy)
+        return 0
 
     from tqdm import tqdm
 
@@ -110,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 "pixels": int(clean.shape[0] * clean.shape[1]),
                 "wall": wall,
                 "work": work,
+                "io": timings.get("io", 0.0),
                 "steps": [s["tool"] for s in result.trace.get("accepted", [])],
                 "kept": result.kept,
                 "tool_calls": result.trace.get("tool_calls", 0),
@@ -149,7 +154,7 @@ def print_report(rows: list[dict[str, Any]], policy: str) -> None:
     walls = [r["wall"] for r in rows]
     norm = [r["wall"] * 512 * 512 / r["pixels"] for r in rows]
     overhead = [(r["wall"] - r["work"]) / r["wall"] for r in rows if r["wall"] > 0]
-    machinery = [(r["wall"] - r["work"] - r["io"]) / r["wall"] for r in rows if r["wall"] > 0]
+    machinery = [(r["wall"] - r["work"] - r.get("io", 0.0)) / r["wall"] for r in rows if r["wall"] > 0]
     print(f"\nmean PSNR gain        : {deltas.mean():+.2f} dB (target >= +2.0)")
     print(f"images improved       : {improved:.1%} (target >= 85 %)")
     print(f"worst change          : {deltas.min():+.2f} dB (target >= -0.3)")

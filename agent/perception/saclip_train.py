@@ -1,0 +1,524 @@
+"""Train SA-CLIP on degradations synthesised on the fly from the calibration split (BSD100).
+
+Usage::
+
+    python -m agent.perception.saclip_train [--backend default|hf-hub:<id>|local-dir:<folder>]
+        [--steps N] [--out DIR] [--resume]
+
+Every sample is a random crop of a calibration photo (random flips and quarter turns), degraded by
+:func:`evals.synthesis.synthesize` with random severities: mostly one degradation, often a mixture of
+two or three (half of them MiO100 combinations), sometimes none (the clean crop as the ``"no"`` example).
+For a share of the degraded crops the clean crop rides along: it is a ``"no"`` example and the ground
+truth of AutoDIR's semantic-agnostic loss. The loss is :func:`agent.perception.saclip.saclip_loss`.
+
+Everything is seeded; checkpoints (``saclip.json``, ``open_clip_config.json``, ``saclip.safetensors`` plus
+``train_state.pt`` with the optimizer) are written every ``--save-every`` steps and ``--resume`` continues
+from them. A fixed validation set made from the last ``--val-images`` calibration photos (never trained on)
+is scored every ``--eval-every`` steps. The evaluation split is not touched here.
+
+The metric functions (:func:`confusion_matrix`, :func:`classification_scores`, :func:`multilabel_f1`,
+:func:`severity_mae`, :func:`evaluate`) are shared with evaluation scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from agent.degradations import Degradation
+from agent.perception import saclip
+from agent.perception.saclip import CLASSES, TYPES, LossWeights, SAClipModel, saclip_loss
+
+logger = logging.getLogger(__name__)
+
+#: The shared folder next to the repository (``<repo>/../shared``).
+DEFAULT_SHARED = Path(__file__).resolve().parents[3] / "shared"
+TRAIN_STATE_FILE = "train_state.pt"
+_TYPE_INDEX = {d: i for i, d in enumerate(TYPES)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------
+
+
+def draw_labels(rng: np.random.Generator, p_clean: float = 0.05, p_mixed: float = 0.3) -> list[Degradation]:
+    """Draw the degradations of one training sample: none, one, or a mixture of two or three."""
+    from evals.synthesis import MIO100_COMBINATIONS
+
+    u = rng.random()
+    if u < p_clean:
+        return []
+    if u < p_clean + p_mixed:
+        if rng.random() < 0.5:
+            combos = list(MIO100_COMBINATIONS.values())
+            return list(combos[int(rng.integers(len(combos)))])
+        count = int(rng.integers(2, 4))
+        return [TYPES[i] for i in rng.choice(len(TYPES), size=count, replace=False)]
+    return [TYPES[int(rng.integers(len(TYPES)))]]
+
+
+def targets_for(labels: Sequence[Degradation], severities: Mapping[Degradation, float]) -> dict[str, np.ndarray]:
+    """Softmax target (uniform over the labels, or one-hot "no"), presence and severity vectors."""
+    target = np.zeros(len(CLASSES), np.float32)
+    presence = np.zeros(len(TYPES), np.float32)
+    severity = np.zeros(len(TYPES), np.float32)
+    if not labels:
+        target[0] = 1.0
+    for degradation in labels:
+        i = _TYPE_INDEX[degradation]
+        target[i + 1] = 1.0 / len(labels)
+        presence[i] = 1.0
+        severity[i] = float(np.clip(severities.get(degradation, 0.5), 0.0, 1.0))
+    return {"target": target, "presence": presence, "severity": severity}
+
+
+def random_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A random ``size`` x ``size`` crop (reflect-padded when the image is smaller), randomly flipped and turned."""
+    h, w = image.shape[:2]
+    if h < size or w < size:
+        image = np.pad(image, ((0, max(0, size - h)), (0, max(0, size - w)), (0, 0)), "reflect")
+        h, w = image.shape[:2]
+    top, left = int(rng.integers(h - size + 1)), int(rng.integers(w - size + 1))
+    crop = image[top : top + size, left : left + size]
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    crop = np.rot90(crop, int(rng.integers(4)))
+    return np.ascontiguousarray(crop, dtype=np.float32)
+
+
+def make_sample(
+    clean_image: np.ndarray,
+    labels: Sequence[Degradation],
+    size: int,
+    rng: np.random.Generator,
+    margin: int = 16,
+    measurement_names: Sequence[str] = (),
+) -> dict[str, np.ndarray]:
+    """Degrade a random crop of ``clean_image`` with ``labels`` and return tensors-to-be.
+
+    The crop is taken ``margin`` pixels larger on each side and cut back after degrading, so blur and
+    resampling see real image content at the borders.
+
+    Returns:
+        ``image`` and ``clean`` (3, S, S) float32, ``target`` (K,), ``presence`` (T,), ``severity`` (T,),
+        and ``measurements`` / ``clean_measurements`` (M,) when ``measurement_names`` is given.
+    """
+    from evals.synthesis import synthesize
+
+    big = random_crop(clean_image, size + 2 * margin, rng)
+    if labels:
+        result = synthesize(big, labels, seed=int(rng.integers(2**31)))
+        degraded = result.image
+        severities = {d: float(p.get("severity", 0.5)) for d, p in result.applied}
+    else:
+        degraded, severities = big, {}
+    cut = (slice(margin, margin + size), slice(margin, margin + size))
+    degraded, clean = degraded[cut], big[cut]
+    sample = {"image": degraded.transpose(2, 0, 1).copy(), "clean": clean.transpose(2, 0, 1).copy()}
+    sample.update(targets_for(labels, severities))
+    if measurement_names:
+        from agent.perception.estimators import measure
+
+        for key, img in (("measurements", degraded), ("clean_measurements", clean)):
+            values = measure(np.ascontiguousarray(img))
+            sample[key] = np.array([values[k] for k in measurement_names], np.float32)
+    return sample
+
+
+class SyntheticStream(torch.utils.data.IterableDataset):
+    """An endless, seeded stream of :func:`make_sample` samples (each DataLoader worker its own stream).
+
+    Args:
+        images: Clean float32 RGB images.
+        size: Crop side.
+        seed: Base seed; ``start`` (the training step) and the worker id are mixed in, so a resumed run
+            draws fresh but reproducible samples.
+        start: Step the stream starts at.
+        measurement_names: Also measure the crops with the estimators (when the model uses them).
+        p_clean: Probability of a sample without degradation.
+        p_mixed: Probability of a mixture of two or three.
+        p_with_clean: Probability that a degraded sample carries its clean crop (SA term, "no" example).
+    """
+
+    def __init__(
+        self,
+        images: Sequence[np.ndarray],
+        size: int,
+        seed: int = 0,
+        start: int = 0,
+        measurement_names: Sequence[str] = (),
+        p_clean: float = 0.05,
+        p_mixed: float = 0.3,
+        p_with_clean: float = 0.25,
+    ) -> None:
+        super().__init__()
+        if not images:
+            raise ValueError("no training images; pass the calibration photos (evals.synthesis.clean_split)")
+        self.images = list(images)
+        self.size, self.seed, self.start = size, seed, start
+        self.measurement_names = list(measurement_names)
+        self.p_clean, self.p_mixed, self.p_with_clean = p_clean, p_mixed, p_with_clean
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        """Yield samples forever."""
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info is not None else 0
+        rng = np.random.default_rng([self.seed, self.start, worker])
+        while True:
+            image = self.images[int(rng.integers(len(self.images)))]
+            labels = draw_labels(rng, self.p_clean, self.p_mixed)
+            sample = make_sample(image, labels, self.size, rng, measurement_names=self.measurement_names)
+            sample["has_clean"] = np.float32(bool(labels) and rng.random() < self.p_with_clean)
+            yield sample
+
+
+def assemble_batch(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Turn collated samples into model inputs: degraded rows, then the clean rows that ride along.
+
+    Returns:
+        ``images``, ``targets``, ``presence``, ``severity``, optional ``measurements``, and ``sa_rows`` /
+        ``sa_targets`` for :func:`~agent.perception.saclip.saclip_loss`.
+    """
+    keep = batch["has_clean"] > 0.5
+    n, m = len(batch["image"]), int(keep.sum())
+    clean_target = torch.zeros(m, len(CLASSES))
+    clean_target[:, 0] = 1.0
+    out = {
+        "images": torch.cat([batch["image"], batch["clean"][keep]]),
+        "targets": torch.cat([batch["target"], clean_target]),
+        "presence": torch.cat([batch["presence"], torch.zeros(m, len(TYPES))]),
+        "severity": torch.cat([batch["severity"], torch.zeros(m, len(TYPES))]),
+        "sa_rows": torch.arange(n, n + m),
+        "sa_targets": batch["target"][keep],
+    }
+    if "measurements" in batch:
+        out["measurements"] = torch.cat([batch["measurements"], batch["clean_measurements"][keep]])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------
+
+
+def training_step(
+    model: SAClipModel,
+    batch: Mapping[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    weights: LossWeights = LossWeights(),  # noqa: B008 - frozen dataclass
+    device: str | torch.device = "cpu",
+) -> dict[str, float]:
+    """One optimisation step on an assembled batch (:func:`assemble_batch`); returns the loss terms."""
+    model.train()
+    batch = {k: v.to(device) for k, v in batch.items()}
+    outputs = model(batch["images"], batch.get("measurements"))
+    losses = saclip_loss(
+        outputs, batch["targets"], batch["presence"], batch["severity"], batch["sa_rows"], batch["sa_targets"], weights
+    )
+    optimizer.zero_grad(set_to_none=True)
+    losses["total"].backward()
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 5.0)
+    optimizer.step()
+    return {k: float(v.detach()) for k, v in losses.items()}
+
+
+def make_optimizer(model: SAClipModel, lr: float, tower_lr: float | None = None, weight_decay: float = 0.05) -> Any:
+    """AdamW with the image tower at ``tower_lr`` (fine-tuning) and everything else at ``lr``."""
+    tower = [p for n, p in model.named_parameters() if n.startswith("clip.visual.") and p.requires_grad]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("clip.visual.") and p.requires_grad]
+    groups = [{"params": tower, "lr": tower_lr if tower_lr is not None else lr}, {"params": rest, "lr": lr}]
+    return torch.optim.AdamW(groups, weight_decay=weight_decay)
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, steps: int, warmup: int) -> Any:
+    """Linear warm-up then cosine decay to 5 % of the base rates, over ``steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+        return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics
+# ----------------------------------------------------------------------------------------------
+
+
+def confusion_matrix(true: Sequence[int], predicted: Sequence[int], n_classes: int) -> np.ndarray:
+    """``(n, n)`` counts: row = true class, column = predicted class."""
+    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(true, dtype=np.int64), np.asarray(predicted, dtype=np.int64)), 1)
+    return matrix
+
+
+def classification_scores(matrix: np.ndarray, names: Sequence[str] = CLASSES) -> dict[str, Any]:
+    """Accuracy, per-class precision/recall/F1 and macro F1 (over classes that occur) from a confusion matrix."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    tp = np.diag(matrix)
+    support, predicted = matrix.sum(axis=1), matrix.sum(axis=0)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    denominator = precision + recall
+    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros_like(tp), where=denominator > 0)
+    present = support > 0
+    return {
+        "accuracy": float(tp.sum() / max(1.0, matrix.sum())),
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "per_class": {
+            name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for name, p, r, f, s in zip(names, precision, recall, f1, support, strict=True)
+        },
+    }
+
+
+def multilabel_f1(true: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """Micro and macro F1 of ``(N, T)`` boolean label matrices (macro over types that occur in ``true``)."""
+    true, predicted = np.asarray(true, bool), np.asarray(predicted, bool)
+    tp = (true & predicted).sum(axis=0).astype(np.float64)
+    fp = (~true & predicted).sum(axis=0).astype(np.float64)
+    fn = (true & ~predicted).sum(axis=0).astype(np.float64)
+    micro_denominator = 2 * tp.sum() + fp.sum() + fn.sum()
+    micro = float(2 * tp.sum() / micro_denominator) if micro_denominator > 0 else 1.0
+    per_type_denominator = 2 * tp + fp + fn
+    per_type = np.divide(2 * tp, per_type_denominator, out=np.ones_like(tp), where=per_type_denominator > 0)
+    occurs = true.any(axis=0)
+    return {"micro_f1": micro, "macro_f1": float(per_type[occurs].mean()) if occurs.any() else 1.0}
+
+
+def severity_mae(true: np.ndarray, predicted: np.ndarray, present: np.ndarray) -> float:
+    """Mean absolute severity error over the entries where the type is present (NaN when none is)."""
+    mask = np.asarray(present, bool)
+    return float(np.abs(np.asarray(true) - np.asarray(predicted))[mask].mean()) if mask.any() else float("nan")
+
+
+def validation_set(
+    images: Sequence[np.ndarray], size: int, seed: int, per_class: int, mixed: int = 0, measurement_names=()
+) -> list[dict[str, np.ndarray]]:
+    """A fixed synthetic set: ``per_class`` single-degradation crops per class (clean included) + ``mixed`` mixtures."""
+    from evals.synthesis import MIO100_COMBINATIONS
+
+    rng = np.random.default_rng(seed)
+    combos = list(MIO100_COMBINATIONS.values())
+    samples = []
+    for j in range(per_class):
+        for labels in [[], *([d] for d in TYPES)]:
+            image = images[(j + len(samples)) % len(images)]
+            samples.append(make_sample(image, labels, size, rng, measurement_names=measurement_names))
+    for j in range(mixed):
+        image = images[j % len(images)]
+        samples.append(
+            make_sample(image, list(combos[j % len(combos)]), size, rng, measurement_names=measurement_names)
+        )
+    return samples
+
+
+@torch.no_grad()
+def evaluate(model: SAClipModel, samples: Sequence[Mapping[str, np.ndarray]], batch_size: int = 64) -> dict[str, Any]:
+    """Score samples from :func:`validation_set` or :func:`make_sample`.
+
+    Returns:
+        ``single``: :func:`classification_scores` of the softmax argmax on single-degradation and clean
+        samples, with ``confusion``; ``clean_no_rate``: share of clean samples where "no" wins;
+        ``multilabel``: :func:`multilabel_f1` of presence > 0.5 on mixtures; ``severity_mae`` on all.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    softmax, presence, severity = [], [], []
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start : start + batch_size]
+        images = torch.from_numpy(np.stack([s["image"] for s in chunk])).to(device)
+        extra = None
+        if model.settings.use_measurements:
+            extra = torch.from_numpy(np.stack([s["measurements"] for s in chunk])).to(device)
+        out = model(images, extra)
+        softmax.append(out["logits"].softmax(-1).cpu().numpy())
+        presence.append(torch.sigmoid(out["presence_logits"]).cpu().numpy())
+        severity.append(out["severity"].cpu().numpy())
+    probs, pres, sev = np.concatenate(softmax), np.concatenate(presence), np.concatenate(severity)
+    true_presence = np.stack([s["presence"] for s in samples]) > 0.5
+    n_labels = true_presence.sum(axis=1)
+    single = n_labels <= 1
+    true_class = np.where(n_labels == 0, 0, true_presence.argmax(axis=1) + 1)
+    result: dict[str, Any] = {"n": len(samples)}
+    if single.any():
+        matrix = confusion_matrix(true_class[single], probs[single].argmax(1), len(CLASSES))
+        result["single"] = {**classification_scores(matrix), "confusion": matrix.tolist()}
+    clean = n_labels == 0
+    result["clean_no_rate"] = float((probs[clean].argmax(1) == 0).mean()) if clean.any() else float("nan")
+    mixed = n_labels >= 2
+    if mixed.any():
+        result["multilabel"] = multilabel_f1(true_presence[mixed], pres[mixed] > 0.5)
+    result["multilabel_all"] = multilabel_f1(true_presence, pres > 0.5)
+    result["severity_mae"] = severity_mae(np.stack([s["severity"] for s in samples]), sev, true_presence)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+
+
+def _load_split(shared: Path, val_images: int, max_side: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    from evals.synthesis import clean_split, load_clean_images
+
+    files = clean_split(shared)["calibration"]
+    if len(files) <= val_images:
+        raise ValueError(f"only {len(files)} calibration images; lower --val-images")
+    images = [img for _, img in load_clean_images(files, crop=max_side, seed=None)]
+    return images[:-val_images] if val_images else images, images[-val_images:] if val_images else []
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the training described by the parsed command-line ``args``; returns the last validation metrics."""
+    from tqdm import tqdm
+
+    torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    out = Path(args.out)
+    state_path = out / TRAIN_STATE_FILE
+    if args.resume and state_path.is_file():
+        model = saclip.load_checkpoint(out, device=device)
+        state = torch.load(state_path, map_location=device, weights_only=False)
+        logger.info("resuming %s at step %d", out, state["step"])
+    else:
+        if args.resume:
+            logger.warning("--resume: no %s in %s, starting fresh", TRAIN_STATE_FILE, out)
+        model = saclip.create_model(args.backend, use_measurements=args.measurements, crops=args.crops).to(device)
+        state = None
+    settings = model.settings
+    published = settings.freeze_text
+    tower_lr = args.lr * 0.1 if published and args.tower_lr is None else args.tower_lr
+    optimizer = make_optimizer(model, args.lr, tower_lr)
+    scheduler = cosine_schedule(optimizer, args.steps, args.warmup)
+    step = 0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step = int(state["step"])
+
+    train_images, val_images = _load_split(Path(args.shared), args.val_images, args.max_side)
+    names = settings.measurement_names if settings.use_measurements else []
+    if settings.use_measurements and step == 0:
+        _fit_measurement_scaler(model, train_images, settings.image_size, args.seed, names)
+    val = validation_set(val_images, settings.image_size, args.seed + 1, args.val_per_class, args.val_mixed, names)
+    stream = SyntheticStream(train_images, settings.image_size, seed=args.seed, start=step, measurement_names=names)
+    loader = torch.utils.data.DataLoader(
+        stream, batch_size=args.batch_size, num_workers=args.workers, persistent_workers=args.workers > 0
+    )
+    weights = LossWeights(lambda_sa=args.lambda_sa, cross_entropy=args.ce_weight)
+    record = {"backend": settings.backend, "seed": args.seed, "batch_size": args.batch_size, "lr": args.lr}
+    metrics: dict[str, Any] = {}
+    bar = tqdm(total=args.steps, initial=step, desc="saclip", unit="step")
+    running: dict[str, float] = {}
+    started = time.perf_counter()
+    for raw in loader:
+        if step >= args.steps:
+            break
+        losses = training_step(model, assemble_batch(raw), optimizer, weights, device)
+        scheduler.step()
+        step += 1
+        running = {k: 0.9 * running.get(k, v) + 0.1 * v for k, v in losses.items()}
+        bar.update(1)
+        bar.set_postfix(loss=f"{running['total']:.3f}", ce=f"{running['cross_entropy']:.3f}")
+        if step % args.eval_every == 0 or step == args.steps:
+            metrics = evaluate(model, val)
+            bar.write(_summary(step, metrics))
+        if step % args.save_every == 0 or step == args.steps:
+            record.update(steps=step, seconds=round(time.perf_counter() - started, 1), validation=_brief(metrics))
+            _save(model, optimizer, scheduler, step, out, record)
+    bar.close()
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def _fit_measurement_scaler(model: SAClipModel, images, size: int, seed: int, names: Sequence[str]) -> None:
+    rng = np.random.default_rng([seed, 7])
+    rows = [
+        make_sample(images[i % len(images)], draw_labels(rng), size, rng, measurement_names=names) for i in range(64)
+    ]
+    values = torch.from_numpy(np.stack([r["measurements"] for r in rows]))
+    model.measurement_mean.copy_(values.mean(0))
+    model.measurement_std.copy_(values.std(0).clamp_min(1e-4))
+
+
+def _brief(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    single = metrics.get("single", {})
+    return {
+        "accuracy": single.get("accuracy"),
+        "macro_f1": single.get("macro_f1"),
+        "clean_no_rate": metrics.get("clean_no_rate"),
+        "mixed_micro_f1": metrics.get("multilabel", {}).get("micro_f1"),
+        "severity_mae": metrics.get("severity_mae"),
+    }
+
+
+def _summary(step: int, metrics: Mapping[str, Any]) -> str:
+    brief = {k: round(v, 3) for k, v in _brief(metrics).items() if isinstance(v, float)}
+    per_class = metrics.get("single", {}).get("per_class", {})
+    f1 = " ".join(f"{name[:6]}={v['f1']:.2f}" for name, v in per_class.items())
+    return f"step {step}: {brief}\n  F1: {f1}"
+
+
+def _save(model, optimizer, scheduler, step: int, out: Path, record: Mapping[str, Any]) -> None:
+    saclip.save_checkpoint(model, out, training=record)
+    tmp = out / (TRAIN_STATE_FILE + ".tmp")
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step}, tmp)
+    tmp.replace(out / TRAIN_STATE_FILE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments of ``python -m agent.perception.saclip_train``."""
+    p = argparse.ArgumentParser(prog="python -m agent.perception.saclip_train", description=__doc__.split("\n")[0])
+    p.add_argument("--backend", default="default", help="default | hf-hub:<org/repo> | local-dir:<folder>")
+    p.add_argument("--steps", type=int, default=6000, help="total optimisation steps (default 6000)")
+    p.add_argument("--out", default=str(saclip.DEFAULT_WEIGHTS_DIR), help="checkpoint folder")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--shared", default=str(DEFAULT_SHARED), help="shared folder holding data/clean")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-3, help="learning rate of heads (and towers trained from scratch)")
+    p.add_argument("--tower-lr", type=float, default=None, help="image-tower rate (default: lr, or lr/10 if published)")
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--lambda-sa", type=float, default=1.0, help="weight of the semantic-agnostic loss")
+    p.add_argument("--ce-weight", type=float, default=1.0, help="weight of the cross-entropy term")
+    p.add_argument("--measurements", action="store_true", help="feed the estimators' measurements to the model")
+    p.add_argument("--crops", type=int, default=5, help="crops averaged at inference (stored in the checkpoint)")
+    p.add_argument("--val-images", type=int, default=10, help="calibration images held out for validation")
+    p.add_argument("--val-per-class", type=int, default=20)
+    p.add_argument("--val-mixed", type=int, default=64)
+    p.add_argument("--max-side", type=int, default=512, help="photos are centre-cropped to this side when loaded")
+    p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--save-every", type=int, default=250)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers synthesising samples")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m agent.perception.saclip_train``."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logger.setLevel(logging.INFO)
+    args = build_parser().parse_args(argv)
+    metrics = train(args)
+    logger.info("final validation: %s", _brief(metrics))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,336 @@
+"""SA-CLIP: tiny random open_clip models exercise every code path (no weights, no network)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from agent.degradations import Degradation
+from agent.perception import saclip
+from agent.perception.cli_commands import add_assess_parser
+from agent.perception.saclip import CLASSES, TYPES
+from agent.perception.saclip_train import (
+    assemble_batch,
+    classification_scores,
+    confusion_matrix,
+    make_optimizer,
+    make_sample,
+    multilabel_f1,
+    severity_mae,
+    training_step,
+)
+from agent.report import DegradationReport
+from evals.synthesis import procedural_image
+
+TINY_VIT = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def published_dir(tmp_path_factory):
+    """A "published" tiny CLIP in open_clip's local-dir layout (config JSON + safetensors weights)."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    folder = tmp_path_factory.mktemp("published")
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_VIT, "preprocess_cfg": {}}))
+    torch.manual_seed(0)
+    clip = open_clip.create_model(f"local-dir:{folder}", load_weights=False)
+    save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
+    return folder
+
+
+@pytest.fixture()
+def tiny_model(published_dir):
+    torch.manual_seed(1)
+    return saclip.create_model(f"local-dir:{published_dir}", crops=2)
+
+
+def _toy_batch(n: int = 8, size: int = 32) -> dict[str, torch.Tensor]:
+    """Separable toy data: dark flat images are "low light", noisy ones "noise", plain mid-grey ones clean."""
+    rng = np.random.default_rng(0)
+    images, targets, presence, severity = [], [], [], []
+    for i in range(n):
+        kind = i % 3
+        base = np.full((3, size, size), 0.5, np.float32)
+        if kind == 1:
+            base = base * 0.2
+        elif kind == 2:
+            base = np.clip(base + rng.normal(0, 0.2, base.shape), 0, 1).astype(np.float32)
+        images.append(base)
+        target = np.zeros(len(CLASSES), np.float32)
+        pres, sev = np.zeros(len(TYPES), np.float32), np.zeros(len(TYPES), np.float32)
+        if kind == 0:
+            target[0] = 1
+        else:
+            degradation = Degradation.LOW_LIGHT if kind == 1 else Degradation.NOISE
+            j = TYPES.index(degradation)
+            target[j + 1], pres[j], sev[j] = 1, 1, 0.7
+        targets.append(target)
+        presence.append(pres)
+        severity.append(sev)
+    batch = {
+        "images": torch.from_numpy(np.stack(images)),
+        "targets": torch.from_numpy(np.stack(targets)),
+        "presence": torch.from_numpy(np.stack(presence)),
+        "severity": torch.from_numpy(np.stack(severity)),
+        "sa_rows": torch.tensor([0]),
+        "sa_targets": torch.from_numpy(np.stack(targets))[[1]],
+    }
+    return batch
+
+
+def test_prompts_cover_vocabulary():
+    assert CLASSES[0] == "no" and len(CLASSES) == len(Degradation) + 1
+    assert set(TYPES) == set(Degradation)
+    assert saclip.prompts()[0] == "A photo needs no artifact reduction."
+    assert "A photo needs motion blur artifact reduction." in saclip.prompts()
+
+
+def test_backend_strings(tmp_path):
+    assert saclip.parse_backend("default") == ("default", saclip.DEFAULT_MODEL_NAME)
+    assert saclip.parse_backend("hf-hub:org/repo") == ("hf-hub", "org/repo")
+    assert saclip.parse_backend(f"local-dir:{tmp_path}") == ("local-dir", str(tmp_path))
+    with pytest.raises(ValueError, match="ambiguous"):
+        saclip.parse_backend(str(tmp_path))
+    with pytest.raises(ValueError, match="ambiguous"):
+        saclip.create_model("ViT-B-16")
+    with pytest.raises(FileNotFoundError, match="open_clip_config.json"):
+        saclip.create_model(f"local-dir:{tmp_path}")
+
+
+def test_hub_backend_offline_does_not_reach_network(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RuntimeError, match="offline"):
+        saclip.create_model("hf-hub:restora-test/definitely-not-cached-model")
+
+
+def test_forward_shapes(tiny_model):
+    tiny_model.eval()
+    out = tiny_model(torch.rand(3, 3, 32, 32))
+    assert out["logits"].shape == (3, len(CLASSES))
+    assert out["presence_logits"].shape == (3, len(TYPES))
+    assert out["severity"].shape == (3, len(TYPES))
+    assert ((out["severity"] >= 0) & (out["severity"] <= 1)).all()
+    norms = out["image_features"].norm(dim=-1)
+    assert torch.allclose(norms, torch.ones(3), atol=1e-5)
+    # logits are the CLIP-scaled cosine similarities with the prompt embeddings
+    expected = tiny_model.clip.logit_scale.exp() * out["image_features"] @ tiny_model.text_features().T
+    assert torch.allclose(out["logits"], expected, atol=1e-5)
+
+
+def test_e_auto_is_probability_weighted_mix(tiny_model):
+    tiny_model.eval()
+    text = tiny_model.text_features()
+    probabilities = torch.zeros(2, len(CLASSES))
+    probabilities[0, 3] = 1.0
+    probabilities[1, [0, 5]] = torch.tensor([0.25, 0.75])
+    mixed = tiny_model.e_auto(probabilities)
+    assert mixed.shape == (2, text.shape[1])
+    assert torch.allclose(mixed[0], text[3], atol=1e-6)
+    assert torch.allclose(mixed[1], 0.25 * text[0] + 0.75 * text[5], atol=1e-6)
+    assessor = saclip.SAClipAssessor(tiny_model, with_parameters=False)
+    image = procedural_image(48, 40, seed=1)
+    softmax = torch.from_numpy(assessor.predict(image)["softmax"])
+    assert math.isclose(float(softmax.sum()), 1.0, rel_tol=1e-5)
+    assert np.allclose(assessor.e_auto(image), (softmax @ text).numpy(), atol=1e-5)
+
+
+def test_report_is_valid(tiny_model):
+    assessor = saclip.SAClipAssessor(tiny_model, with_parameters=True)
+    report = assessor.assess(procedural_image(96, 80, seed=2))
+    assert isinstance(report, DegradationReport) and report.assessor == "saclip"
+    assert set(report.estimates) == set(Degradation)
+    assert all(0 <= e.probability <= 1 and 0 <= e.severity <= 1 for e in report.estimates.values())
+    assert "sigma" in report.estimates[Degradation.NOISE].params  # parameters come from the estimators
+    softmax = [report.measurements[f"saclip_softmax_{c}"] for c in CLASSES]
+    assert math.isclose(sum(softmax), 1.0, rel_tol=1e-5)
+    assert saclip.softmax_dominant(report) == CLASSES[int(np.argmax(softmax))]
+    assert report.seconds > 0
+
+
+def test_crop_views_keep_native_pixels():
+    image = np.random.default_rng(0).random((50, 70, 3)).astype(np.float32)
+    views = saclip.crop_views(image, 32, 5)
+    assert views.shape == (5, 3, 32, 32)
+    assert np.array_equal(views[1], image[:32, :32].transpose(2, 0, 1))  # top-left corner, not resampled
+    assert saclip.crop_views(image[:20, :20], 32, 1).shape == (1, 3, 32, 32)
+
+
+def test_losses_match_hand_computed_values():
+    p = torch.tensor([[0.7, 0.2, 0.1], [0.25, 0.25, 0.5]])
+    y = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.5, 0.5]])
+    expected_fid = ((1 - math.sqrt(0.7)) + (1 - (math.sqrt(0.125) + math.sqrt(0.25)))) / 2
+    assert math.isclose(float(saclip.fidelity_loss(p, y)), expected_fid, rel_tol=1e-5)
+    # SA on the clean images: the "no" column does not count
+    expected_sa = (0.0 + (math.sqrt(0.125) + math.sqrt(0.25))) / 2
+    assert math.isclose(float(saclip.semantic_agnostic_loss(p, y)), expected_sa, rel_tol=1e-5)
+    # a perfect prediction has zero fidelity loss
+    assert float(saclip.fidelity_loss(y[:1], y[:1])) == pytest.approx(0.0, abs=1e-6)
+
+    logits = torch.log(torch.tensor([[0.7, 0.2, 0.1]]))
+    outputs = {
+        "logits": logits,
+        "presence_logits": torch.tensor([[0.0, 2.0]]),
+        "severity": torch.tensor([[0.9, 0.4]]),
+    }
+    terms = saclip.saclip_loss(
+        outputs,
+        targets=torch.tensor([[0.0, 1.0, 0.0]]),
+        presence=torch.tensor([[0.0, 1.0]]),
+        severity=torch.tensor([[0.0, 0.6]]),
+        sa_rows=torch.tensor([0]),
+        sa_targets=torch.tensor([[0.0, 0.0, 1.0]]),
+    )
+    assert math.isclose(float(terms["fidelity"]), 1 - math.sqrt(0.2), rel_tol=1e-5)
+    assert math.isclose(float(terms["cross_entropy"]), -math.log(0.2), rel_tol=1e-5)
+    assert math.isclose(float(terms["sa"]), math.sqrt(0.1), rel_tol=1e-5)
+    bce = (math.log(2) + math.log(1 + math.exp(-2.0))) / 2
+    assert math.isclose(float(terms["presence"]), bce, rel_tol=1e-5)
+    assert math.isclose(float(terms["severity"]), 0.2, rel_tol=1e-5)  # masked: only the present type counts
+    parts = sum(float(terms[k]) for k in ("fidelity", "sa", "cross_entropy", "presence", "severity"))
+    assert math.isclose(float(terms["total"]), parts, rel_tol=1e-5)
+
+
+def test_training_steps_decrease_loss(published_dir):
+    torch.manual_seed(3)
+    model = saclip.create_model(f"local-dir:{published_dir}")
+    model.settings.freeze_text = False
+    optimizer = make_optimizer(model, lr=3e-3)
+    batch = _toy_batch()
+    losses = [training_step(model, batch, optimizer)["total"] for _ in range(25)]
+    assert losses[-1] < 0.6 * losses[0], losses
+    model.eval()
+    predicted = model(batch["images"])["logits"].argmax(-1)
+    assert (predicted == batch["targets"].argmax(-1)).float().mean() >= 0.99
+
+
+def test_finetune_from_local_dir_freezes_text_tower(published_dir):
+    model = saclip.create_model(f"local-dir:{published_dir}")
+    assert model.settings.freeze_text
+    assert not any(p.requires_grad for p in model.text_parameters())
+    text_before = [p.detach().clone() for p in model.text_parameters()]
+    image_before = [p.detach().clone() for p in model.clip.visual.parameters()]
+    # the published weights were loaded (not a fresh random init)
+    from safetensors.torch import load_file
+
+    published = load_file(str(published_dir / "open_clip_model.safetensors"))
+    assert torch.equal(model.clip.visual.conv1.weight, published["visual.conv1.weight"])
+    optimizer = make_optimizer(model, lr=1e-2, tower_lr=1e-3)
+    training_step(model, _toy_batch(), optimizer)
+    assert all(torch.equal(a, b) for a, b in zip(text_before, model.text_parameters(), strict=True))
+    changed = [not torch.equal(a, b) for a, b in zip(image_before, model.clip.visual.parameters(), strict=True)]
+    assert sum(changed) >= len(changed) // 2
+
+
+def test_save_load_round_trip(tiny_model, tmp_path):
+    tiny_model.eval()
+    folder = saclip.save_checkpoint(tiny_model, tmp_path / "ckpt", training={"steps": 3})
+    settings = json.loads((folder / saclip.SETTINGS_FILE).read_text())
+    assert settings["training"] == {"steps": 3} and settings["freeze_text"]
+    loaded = saclip.load_checkpoint(folder)
+    images = torch.rand(2, 3, 32, 32)
+    for key in ("logits", "presence_logits", "severity"):
+        assert torch.allclose(tiny_model(images)[key], loaded(images)[key], atol=1e-5)
+    assert loaded.settings.crops == 2
+
+
+def test_default_backend_is_small_and_saves_compactly(tmp_path):
+    model = saclip.create_model("default")
+    assert model.settings.image_size == 160 and not model.settings.freeze_text
+    model.eval()
+    assert model(torch.rand(1, 3, 160, 160))["logits"].shape == (1, len(CLASSES))
+    folder = saclip.save_checkpoint(model, tmp_path / "default")
+    assert (folder / saclip.WEIGHTS_FILE).stat().st_size < 8_000_000  # token table pruned to the prompts' rows
+    loaded = saclip.load_checkpoint(folder)
+    assert torch.allclose(loaded.text_features(), model.text_features(), atol=1e-5)
+
+
+def test_missing_checkpoint_names_training_command(tmp_path):
+    with pytest.raises(FileNotFoundError, match="saclip_train"):
+        saclip.load_checkpoint(tmp_path)
+
+
+def test_measurement_input_path(published_dir):
+    model = saclip.create_model(f"local-dir:{published_dir}", use_measurements=True)
+    n = len(model.settings.measurement_names)
+    assert n > 10
+    model.eval()
+    with pytest.raises(ValueError, match="measure"):
+        model(torch.rand(1, 3, 32, 32))
+    assert model(torch.rand(2, 3, 32, 32), torch.rand(2, n))["logits"].shape == (2, len(CLASSES))
+    report = saclip.SAClipAssessor(model, with_parameters=False).assess(procedural_image(64, 64, seed=3))
+    assert "noise_sigma" in report.measurements
+
+
+def test_synthetic_samples_and_batch_assembly():
+    rng = np.random.default_rng(0)
+    clean = procedural_image(96, 96, seed=0)
+    sample = make_sample(clean, [Degradation.NOISE, Degradation.HAZE], 48, rng)
+    assert sample["image"].shape == sample["clean"].shape == (3, 48, 48)
+    assert not np.allclose(sample["image"], sample["clean"])
+    assert sample["target"].sum() == pytest.approx(1.0) and sample["target"][0] == 0
+    assert sample["presence"].sum() == 2
+    clean_sample = make_sample(clean, [], 48, rng)
+    assert np.array_equal(clean_sample["image"], clean_sample["clean"]) and clean_sample["target"][0] == 1
+    samples = [sample, clean_sample]
+    collated = {k: torch.stack([torch.as_tensor(s[k]) for s in samples]) for k in sample}
+    collated["has_clean"] = torch.tensor([1.0, 0.0])
+    batch = assemble_batch(collated)
+    assert batch["images"].shape[0] == 3 and batch["targets"][2, 0] == 1  # the ride-along clean crop is "no"
+    assert batch["sa_rows"].tolist() == [2]
+    assert torch.equal(batch["sa_targets"][0], collated["target"][0])
+
+
+def test_classification_metrics():
+    matrix = confusion_matrix([0, 0, 1, 1, 2, 2], [0, 1, 1, 1, 2, 0], 3)
+    assert matrix.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    scores = classification_scores(matrix, ["a", "b", "c"])
+    assert scores["accuracy"] == pytest.approx(4 / 6)
+    assert scores["per_class"]["b"]["f1"] == pytest.approx(2 * (2 / 3) * 1 / (2 / 3 + 1))
+    assert scores["per_class"]["c"]["f1"] == pytest.approx(2 * 1 * 0.5 / 1.5)
+    true = np.array([[1, 1, 0], [0, 1, 0]], bool)
+    predicted = np.array([[1, 0, 0], [0, 1, 1]], bool)
+    f1 = multilabel_f1(true, predicted)
+    assert f1["micro_f1"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
+    assert f1["macro_f1"] == pytest.approx((1.0 + 2 / 3) / 2)
+    assert severity_mae(np.array([[0.5, 0.2]]), np.array([[0.7, 0.9]]), np.array([[1, 0]])) == pytest.approx(0.2)
+
+
+def _run_assess(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    add_assess_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["assess", *argv])
+    return args.func(args)
+
+
+def test_assess_cli_json(tiny_model, tmp_path, capsys):
+    paths = []
+    for i in range(2):
+        path = tmp_path / f"photo{i}.png"
+        Image.fromarray((procedural_image(64, 64, seed=i) * 255).astype(np.uint8)).save(path)
+        paths.append(str(path))
+    checkpoint = saclip.save_checkpoint(tiny_model, tmp_path / "ckpt")
+    assert _run_assess(["--json", "--assessor", f"saclip:{checkpoint}", *paths]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert set(data) == {"photo0.png", "photo1.png"}
+    entry = data["photo0.png"]
+    assert entry["assessor"] == "saclip" and entry["softmax_dominant"] in CLASSES
+    assert set(entry["estimates"]) == {d.value for d in Degradation}
+    assert "quality" in entry["estimates"]["jpeg"]["params"]
+
+    assert _run_assess(paths[:1]) == 0  # default assessor: the estimators, text output
+    text = capsys.readouterr().out
+    assert "photo0.png" in text and "[estimators" in text and "dominant:" in text
+
+    assert _run_assess(["--assessor", "saclip:" + str(tmp_path / "none"), *paths]) == 2
+    assert "saclip_train" in capsys.readouterr().err

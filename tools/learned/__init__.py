@@ -1,0 +1,27 @@
+"""Learned restorers: small NAFNet-class models trained here, and user checkpoints loaded through spandrel.
+
+Nothing here is imported by :mod:`tools` itself; :func:`register_all` adds the learned tools to the
+process-wide registry (they fail with a clear error until their weights are trained).
+"""
+
+from __future__ import annotations
+
+
+def register_all(include_user: bool = True) -> list[str]:
+    """Register the learned tools (and, by default, the catalogued user checkpoints); return their names."""
+    from tools.base import REGISTRY
+    from tools.learned import restorers
+
+    names = [cls.spec.name for cls in restorers.RESTORERS.values()]
+    if include_user:
+        from tools.learned.user import load_user_tools
+
+        names += load_user_tools(REGISTRY)
+    return names
+
+
+def available_tasks() -> list[str]:
+    """The tasks whose trained weights are present (package folder or ``$RESTORA_WEIGHTS``)."""
+    from tools.learned.tasks import TASKS, weights_dir
+
+    return [task for task in TASKS if (weights_dir(task) / "model.safetensors").is_file()]

@@ -1,0 +1,342 @@
+"""Train one learned restorer (``python -m tools.learned.train --task denoise|jpeg|derain|lowlight``).
+
+Training pairs are synthesised on the fly (:mod:`evals.synthesis`) from random crops of the
+project's calibration split (BSD100) only; a seeded split of those images into training and
+validation images is recorded in ``config.json``. AdamW with a cosine learning-rate schedule and the
+PSNR loss (NAFNet's) or L1. A checkpoint (model, optimiser, scheduler, step, random states) is
+written every ``--checkpoint-every`` steps and ``--resume`` continues from it; the GPU is used when
+present. The result is ``model.safetensors`` + ``config.json`` + ``MODEL_CARD.md`` in
+``tools/learned/weights/<task>/`` (or ``--out``), followed by the held-out evaluation
+(:mod:`tools.learned.evaluate`) unless ``--no-eval``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tools.learned.tasks import TASKS, Task, get_task, weights_dir
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+DEFAULT_SHARED = Path(__file__).resolve().parents[3] / "shared"
+
+
+@dataclass
+class TrainSettings:
+    """Everything that determines a training run (recorded in ``config.json``)."""
+
+    task: str
+    steps: int = 6000
+    batch_size: int = 8
+    crop: int = 64
+    lr: float = 1e-3
+    min_lr: float = 1e-6
+    weight_decay: float = 1e-4
+    loss: str = "psnr"
+    seed: int = 0
+    val_images: int = 10
+    val_every: int = 500
+    checkpoint_every: int = 250
+
+
+def split_images(names: list[str], val_images: int, seed: int) -> dict[str, list[str]]:
+    """Seeded split of the calibration image names into ``{"train": [...], "val": [...]}``."""
+    order = np.random.default_rng(seed).permutation(len(names))
+    val = sorted(names[i] for i in order[:val_images])
+    return {"train": sorted(names[i] for i in order[val_images:]), "val": val}
+
+
+def random_crop(image: np.ndarray, crop: int, rng: np.random.Generator) -> np.ndarray:
+    """A random ``crop`` x ``crop`` patch with a random flip and 90-degree rotation."""
+    h, w = image.shape[:2]
+    top, left = int(rng.integers(h - crop + 1)), int(rng.integers(w - crop + 1))
+    patch = image[top : top + crop, left : left + crop]
+    if rng.random() < 0.5:
+        patch = patch[:, ::-1]
+    return np.ascontiguousarray(np.rot90(patch, int(rng.integers(4))))
+
+
+def make_batch(
+    task: Task, images: list[np.ndarray], batch_size: int, crop: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Degraded and clean patches, each ``(B, 3, crop, crop)`` float32."""
+    degraded, clean = [], []
+    for _ in range(batch_size):
+        patch = random_crop(images[int(rng.integers(len(images)))], crop, rng)
+        noisy, _ = task.sample(patch, rng)
+        degraded.append(noisy.transpose(2, 0, 1))
+        clean.append(patch.transpose(2, 0, 1))
+    return np.stack(degraded).astype(np.float32), np.stack(clean).astype(np.float32)
+
+
+def loss_fn(name: str):
+    """The training loss: ``"psnr"`` (mean over the batch of 10 log10 MSE) or ``"l1"``."""
+    import torch
+
+    if name == "l1":
+        return lambda out, target: (out - target).abs().mean()
+    if name == "psnr":
+        return lambda out, target: 10.0 * torch.log10(((out - target) ** 2).mean(dim=(1, 2, 3)) + 1e-8).mean()
+    raise ValueError(f"unknown loss {name!r}; use 'psnr' or 'l1'")
+
+
+def pick_device() -> str:
+    """``"cuda"`` when a GPU is available, else ``"cpu"``."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def validation_set(task: Task, images: list[np.ndarray], seed: int, crop: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed validation batch: two centre-ish crops per validation image, degraded with a fixed seed."""
+    rng = np.random.default_rng([seed, 12345])
+    degraded, clean = [], []
+    for image in images:
+        for _ in range(2):
+            patch = random_crop(image, min(crop, *image.shape[:2]), rng)
+            noisy, _ = task.sample(patch, rng)
+            degraded.append(noisy.transpose(2, 0, 1))
+            clean.append(patch.transpose(2, 0, 1))
+    return np.stack(degraded).astype(np.float32), np.stack(clean).astype(np.float32)
+
+
+def evaluate_batch(model, degraded: np.ndarray, clean: np.ndarray, device: str) -> tuple[float, float]:
+    """Mean RGB PSNR (dB) of the input and of the model's output on a validation batch."""
+    import torch
+
+    model.eval()
+    outputs = []
+    with torch.inference_mode():
+        for start in range(0, len(degraded), 8):
+            batch = torch.from_numpy(degraded[start : start + 8]).to(device)
+            outputs.append(model(batch).clamp(0, 1).cpu().numpy())
+    model.train()
+    restored = np.concatenate(outputs)
+
+    def mean_psnr(a: np.ndarray) -> float:
+        mse = ((a - clean) ** 2).reshape(len(a), -1).mean(axis=1)
+        return float(np.mean(10 * np.log10(1.0 / np.maximum(mse, 1e-10))))
+
+    return mean_psnr(degraded), mean_psnr(restored)
+
+
+def save_weights(model, out: Path, config: dict[str, Any]) -> None:
+    """Write ``model.safetensors`` and ``config.json`` into ``out``."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out / "model.safetensors"))
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def load_model(folder: Path, device: str = "cpu"):
+    """Build the network described by ``folder/config.json`` and load ``folder/model.safetensors``."""
+    from safetensors.torch import load_file
+
+    from tools.learned.nafnet import NAFNet, NAFNetConfig
+
+    model = NAFNet(NAFNetConfig.load(folder / "config.json"))
+    model.load_state_dict(load_file(str(folder / "model.safetensors"), device="cpu"))
+    return model.to(device).eval()
+
+
+def train(
+    settings: TrainSettings,
+    shared: Path,
+    out: Path,
+    resume: bool = False,
+    model_config: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run (or resume) training and write the weights; returns the recorded ``config.json`` content."""
+    import torch
+    from tqdm import tqdm
+
+    from evals.synthesis import clean_split, load_clean_images
+    from tools.learned.nafnet import NAFNet, NAFNetConfig, count_parameters
+
+    task = get_task(settings.task)
+    device = pick_device()
+    paths = clean_split(shared)["calibration"]
+    loaded = dict(load_clean_images(paths, crop=None))
+    split = split_images(sorted(loaded), settings.val_images, settings.seed)
+    train_images = [loaded[n] for n in split["train"] if min(loaded[n].shape[:2]) >= settings.crop]
+    val_images = [loaded[n] for n in split["val"]]
+
+    checkpoint_path = out / CHECKPOINT_NAME
+    state: dict[str, Any] | None = None
+    if resume:
+        if not checkpoint_path.is_file():
+            raise FileNotFoundError(f"no {checkpoint_path} to resume from; run without --resume to start afresh")
+        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        if state["settings"]["task"] != settings.task:
+            raise ValueError(f"{checkpoint_path} is for task {state['settings']['task']!r}, not {settings.task!r}")
+        model_config = state["model_config"]
+    torch.manual_seed(settings.seed)
+    config = NAFNetConfig.from_dict(model_config) if model_config else NAFNetConfig()
+    model = NAFNet(config).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.9))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.steps, eta_min=settings.min_lr)
+    rng = np.random.default_rng(settings.seed)
+    step, history = 0, []
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        step, history = state["step"], state["history"]
+        logger.info("resumed %s at step %d", settings.task, step)
+
+    def checkpoint() -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        snapshot = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "numpy_rng": rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "step": step,
+            "history": history,
+            "settings": vars(settings),
+            "model_config": config.to_dict(),
+        }
+        partial = checkpoint_path.with_suffix(".tmp")
+        torch.save(snapshot, partial)
+        partial.replace(checkpoint_path)
+
+    val_degraded, val_clean = validation_set(task, val_images, settings.seed)
+    criterion = loss_fn(settings.loss)
+    model.train()
+    started = time.perf_counter()
+    bar = tqdm(total=settings.steps, initial=step, desc=f"train {task.name}", disable=not progress, smoothing=0.05)
+    running = math.nan
+    while step < settings.steps:
+        degraded, clean = make_batch(task, train_images, settings.batch_size, settings.crop, rng)
+        degraded_t, clean_t = torch.from_numpy(degraded).to(device), torch.from_numpy(clean).to(device)
+        loss = criterion(model(degraded_t), clean_t)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        running = loss.item() if math.isnan(running) else 0.98 * running + 0.02 * loss.item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{running:.3f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
+        if step % settings.val_every == 0 or step == settings.steps:
+            psnr_in, psnr_out = evaluate_batch(model, val_degraded, val_clean, device)
+            history.append({"step": step, "val_psnr_input": psnr_in, "val_psnr": psnr_out, "loss": running})
+            logger.info("step %d: validation PSNR %.2f dB (input %.2f dB)", step, psnr_out, psnr_in)
+            bar.write(f"step {step}: val PSNR {psnr_out:.2f} dB (input {psnr_in:.2f} dB)")
+        if step % settings.checkpoint_every == 0 or step == settings.steps:
+            checkpoint()
+    bar.close()
+
+    record = {
+        "model": config.to_dict(),
+        "task": task.name,
+        "degradation": task.degradation.value,
+        "parameters": count_parameters(model),
+        "training": vars(settings) | {"device": device, "seconds_this_session": round(time.perf_counter() - started, 1)},
+        "data": {"source": "BSD100 (calibration split of evals.synthesis.clean_split)", "split": split},
+        "history": history,
+    }
+    save_weights(model.cpu(), out, record)
+    write_model_card(out, record)
+    return record
+
+
+def write_model_card(out: Path, record: dict[str, Any], evaluation: str | None = None) -> Path:
+    """Write ``MODEL_CARD.md`` for a trained model; ``evaluation`` is the held-out table's Markdown."""
+    task = TASKS[record["task"]]
+    training = record["training"]
+    last = record["history"][-1] if record["history"] else {}
+    lines = [
+        f"# nafnet_{task.name}: {task.description}",
+        "",
+        "Architecture: NAFNet-class U-Net (tools/learned/nafnet.py), "
+        f"width {record['model']['width']}, encoder {record['model']['encoder_blocks']}, "
+        f"middle {record['model']['middle_blocks']}, decoder {record['model']['decoder_blocks']}, "
+        f"{record['parameters']:,} parameters.",
+        "",
+        "## Training",
+        f"- Data: {record['data']['source']}; {len(record['data']['split']['train'])} training images, "
+        f"{len(record['data']['split']['val'])} validation images (seed {training['seed']}; names in config.json).",
+        f"- Degradations synthesised on the fly with evals.synthesis on random {training['crop']}x{training['crop']} "
+        "crops (flips and 90-degree rotations).",
+        f"- {training['steps']} steps, batch {training['batch_size']}, AdamW lr {training['lr']} cosine to "
+        f"{training['min_lr']}, {training['loss']} loss, device {training['device']}.",
+        f"- Reproduce: `python -m tools.learned.train --task {task.name} --steps {training['steps']}`.",
+    ]
+    if last:
+        lines.append(
+            f"- Validation PSNR (RGB, BSD100 validation crops) at step {last['step']}: "
+            f"{last['val_psnr']:.2f} dB (input {last['val_psnr_input']:.2f} dB)."
+        )
+    lines += ["", "## Held-out evaluation", ""]
+    lines.append(evaluation or f"Not run yet: `python -m tools.learned.evaluate --task {task.name} --write-card`.")
+    path = out / "MODEL_CARD.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", required=True, choices=sorted(TASKS))
+    parser.add_argument("--steps", type=int, default=TrainSettings.steps)
+    parser.add_argument("--batch-size", type=int, default=TrainSettings.batch_size)
+    parser.add_argument("--crop", type=int, default=TrainSettings.crop)
+    parser.add_argument("--lr", type=float, default=TrainSettings.lr)
+    parser.add_argument("--loss", choices=("psnr", "l1"), default=TrainSettings.loss)
+    parser.add_argument("--seed", type=int, default=TrainSettings.seed)
+    parser.add_argument("--val-every", type=int, default=TrainSettings.val_every)
+    parser.add_argument("--checkpoint-every", type=int, default=TrainSettings.checkpoint_every)
+    parser.add_argument("--width", type=int, default=None, help="network width (default: NAFNetConfig's)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default tools/learned/weights/<task>)")
+    parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED, help="shared folder holding data/clean")
+    parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation afterwards")
+    parser.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N held-out images")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    settings = TrainSettings(
+        task=args.task,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        crop=args.crop,
+        lr=args.lr,
+        loss=args.loss,
+        seed=args.seed,
+        val_every=args.val_every,
+        checkpoint_every=args.checkpoint_every,
+    )
+    out = args.out or weights_dir(args.task)
+    model_config = {"width": args.width} if args.width else None
+    train(settings, args.shared, out, resume=args.resume, model_config=model_config)
+    if not args.no_eval:
+        from tools.learned.evaluate import evaluate_and_record
+
+        evaluate_and_record(args.task, out, args.shared, limit=args.eval_limit)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
