@@ -95,9 +95,7 @@ class NoReferenceIQA:
         if self._metrics is not None:
             return self._metrics
         import pyiqa
-        import torch
 
-        torch.set_grad_enabled(False)
         self._metrics = {}
         for name in self.requested:
             ok, why = metric_available(name, self.weights_dir)
