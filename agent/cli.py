@@ -142,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     tools.add_argument("--json", action="store_true")
     tools.set_defaults(func=cmd_tools)
 
+    from agent.perception.cli_commands import add_assess_parser
+
+    add_assess_parser(sub)
+
     trace = sub.add_parser("trace", help="print the steps of a run")
     trace.add_argument("run", help="run directory (OUT/<stem>.restora) or trace.json")
     trace.add_argument("--json", action="store_true")

@@ -13,8 +13,8 @@ Backends, one code path (:func:`create_model`):
 * ``"default"``: the small open_clip config shipped in ``saclip_configs/`` (a narrow ModifiedResNet image
   tower and a two-layer text tower), trained from scratch by :mod:`agent.perception.saclip_train`;
 * ``"hf-hub:<org/repo>"`` or ``"local-dir:<folder>"``: published CLIP weights; the text tower is frozen
-  and the image tower fine-tuned, as in the paper. ``local_files_only`` (or ``HF_HUB_OFFLINE=1``) never
-  touches the network. A bare path is refused as ambiguous.
+  and the image tower fine-tuned, as in the paper. ``local_files_only`` (or ``HF_HUB_OFFLINE=1``) reads only
+  the local Hugging Face cache. A bare path is refused as ambiguous.
 
 Importing this module imports torch; the CLI and the agent import it only when SA-CLIP is asked for.
 Optionally (``use_measurements``) the hand-crafted measurements of
@@ -30,13 +30,12 @@ The losses of the paper and this project's additions are pure functions: :func:`
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,21 +161,35 @@ def parse_backend(backend: str) -> tuple[str, str]:
     )
 
 
-@contextlib.contextmanager
-def _hub_offline(offline: bool) -> Iterator[None]:
-    """Set ``HF_HUB_OFFLINE=1`` for the duration (huggingface_hub then reads only its local cache)."""
-    if not offline:
-        yield
-        return
-    previous = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
+#: Files of a hub repository that an open_clip model needs (config, weights, tokenizer).
+HUB_FILES = [
+    "open_clip_config.json",
+    "open_clip_model.safetensors",
+    "tokenizer*",
+    "vocab*",
+    "merges*",
+    "special_tokens_map.json",
+    "*.model",
+]
+
+
+def hub_snapshot(repo_id: str, local_files_only: bool) -> Path:
+    """Local folder of the hub repository ``repo_id`` (downloaded unless ``local_files_only``).
+
+    Raises:
+        RuntimeError: when the files are neither cached nor downloadable; the message says how to fix it.
+    """
+    from huggingface_hub import snapshot_download
+
     try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = previous
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES, local_files_only=local_files_only))
+    except Exception as exc:
+        hint = (
+            "it is not in the local Hugging Face cache (offline); download it once or use local-dir:<folder>"
+            if local_files_only
+            else "check the id and the network, or use local-dir:<folder>"
+        )
+        raise RuntimeError(f"could not get hf-hub:{repo_id}: {hint} ({type(exc).__name__}: {exc})") from exc
 
 
 def load_clip(backend: str, *, pretrained: bool = True, local_files_only: bool | None = None) -> tuple[Any, Any, dict]:
@@ -185,7 +198,8 @@ def load_clip(backend: str, *, pretrained: bool = True, local_files_only: bool |
     Args:
         backend: See :func:`parse_backend`.
         pretrained: Load the published weights (``False`` builds the architecture with random weights).
-        local_files_only: Never download; ``None`` follows the ``HF_HUB_OFFLINE`` environment variable.
+        local_files_only: Never download (hub backends read the local Hugging Face cache only); ``None``
+            follows the ``HF_HUB_OFFLINE`` environment variable.
 
     Returns:
         ``(clip_model, tokenizer, open_clip_config)`` where the config is the ``{"model_cfg", "preprocess_cfg"}``
@@ -198,31 +212,24 @@ def load_clip(backend: str, *, pretrained: bool = True, local_files_only: bool |
         local_files_only = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
     if kind == "default":
         register_default_config()
-        model_cfg = open_clip.get_model_config(DEFAULT_MODEL_NAME)
-        config = {"model_cfg": model_cfg, "preprocess_cfg": {}}
-        name = DEFAULT_MODEL_NAME
-    elif kind == "local-dir":
-        path = Path(identifier).expanduser()
-        if not (path / OPEN_CLIP_CONFIG_FILE).is_file():
-            raise FileNotFoundError(
-                f"{path} holds no {OPEN_CLIP_CONFIG_FILE}; a local-dir: backend needs open_clip's folder layout "
-                "(open_clip_config.json with model_cfg, and open_clip_model.safetensors)"
-            )
-        config = json.loads((path / OPEN_CLIP_CONFIG_FILE).read_text())
-        name = f"local-dir:{path}"
-    else:
-        with _hub_offline(local_files_only):
-            from open_clip.factory import _get_hf_config
-
-            try:
-                config = _get_hf_config(identifier)
-            except Exception as exc:
-                hint = " (offline: download it first or use local-dir:)" if local_files_only else ""
-                raise RuntimeError(f"could not get the open_clip config of hf-hub:{identifier}{hint}: {exc}") from exc
-        name = f"hf-hub:{identifier}"
-    with _hub_offline(local_files_only):
-        clip = open_clip.create_model(name, load_weights=pretrained and kind != "default")
-        tokenizer = open_clip.get_tokenizer(name)
+        config = {"model_cfg": open_clip.get_model_config(DEFAULT_MODEL_NAME), "preprocess_cfg": {}}
+        clip = open_clip.create_model(DEFAULT_MODEL_NAME, load_weights=False)
+        tokenizer = open_clip.get_tokenizer(DEFAULT_MODEL_NAME)
+        return clip, tokenizer, config
+    path = Path(identifier).expanduser() if kind == "local-dir" else hub_snapshot(identifier, local_files_only)
+    if not (path / OPEN_CLIP_CONFIG_FILE).is_file():
+        raise FileNotFoundError(
+            f"{path} holds no {OPEN_CLIP_CONFIG_FILE}; a local-dir: backend needs open_clip's folder layout "
+            "(open_clip_config.json with model_cfg, and open_clip_model.safetensors)"
+        )
+    if pretrained and not any(any(path.glob(pattern)) for pattern in ("*.safetensors", "*.bin", "*.pth")):
+        raise FileNotFoundError(
+            f"{path} holds no weights (open_clip_model.safetensors); put them there, or pass pretrained=False "
+            "to start from random weights"
+        )
+    config = json.loads((path / OPEN_CLIP_CONFIG_FILE).read_text())
+    clip = open_clip.create_model(f"local-dir:{path}", load_weights=pretrained)
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{path}")
     return clip, tokenizer, {"model_cfg": config["model_cfg"], "preprocess_cfg": config.get("preprocess_cfg", {})}
 
 

@@ -16,6 +16,19 @@ Everything is seeded; checkpoints (``saclip.json``, ``open_clip_config.json``, `
 from them. A fixed validation set made from the last ``--val-images`` calibration photos (never trained on)
 is scored every ``--eval-every`` steps. The evaluation split is not touched here.
 
+Fine-tuning published CLIP weights (AutoDIR used ViT-L/14; ViT-B/16 is a lighter start) takes the same
+command. Get an open_clip folder once, e.g.
+``huggingface-cli download laion/CLIP-ViT-B-16-laion2B-s34B-b88K --local-dir ~/clip/vit-b-16`` (it holds
+``open_clip_config.json`` and ``open_clip_model.safetensors``), then, offline::
+
+    python -m agent.perception.saclip_train --backend local-dir:~/clip/vit-b-16 --out runs/saclip-vitb16 \
+        --lr 1e-4 --tower-lr 1e-5 --batch-size 64 --workers 8 --steps 3000
+
+The text tower stays frozen, the image tower is fine-tuned at ``--tower-lr`` and the heads learn at
+``--lr``; crops are taken at the tower's own input size (224 for ViT-B/16). ``hf-hub:<org/repo>`` works the
+same way and reads only the local Hugging Face cache when ``HF_HUB_OFFLINE=1``. The checkpoint folder is
+self-contained: ``restora assess --assessor saclip:runs/saclip-vitb16 IMAGE``.
+
 The metric functions (:func:`confusion_matrix`, :func:`classification_scores`, :func:`multilabel_f1`,
 :func:`severity_mae`, :func:`evaluate`) are shared with evaluation scripts.
 """
