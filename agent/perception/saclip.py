@@ -38,7 +38,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -259,6 +259,7 @@ class SAClipModel(nn.Module):
             nn.Linear(embed_dim, settings.head_hidden), nn.GELU(), nn.Linear(settings.head_hidden, 2 * n_types)
         )
         n_measure = len(settings.measurement_names)
+        self.measurement_mlp: nn.Sequential | None
         if settings.use_measurements:
             if not n_measure:
                 raise ValueError("use_measurements needs measurement_names (the keys of estimators.measure)")
@@ -296,7 +297,9 @@ class SAClipModel(nn.Module):
 
     def normalize_pixels(self, images: torch.Tensor) -> torch.Tensor:
         """Map ``(N, 3, S, S)`` RGB in [0, 1] to the tower's normalised input."""
-        return (images - self.pixel_mean) / self.pixel_std
+        mean = cast(torch.Tensor, self.pixel_mean)
+        std = cast(torch.Tensor, self.pixel_std)
+        return (images - mean) / std
 
     def text_features(self) -> torch.Tensor:
         """L2-normalised text embeddings ``E_T(T_i)`` of the K prompts, ``(K, D)`` (cached while frozen or in eval)."""
@@ -329,7 +332,9 @@ class SAClipModel(nn.Module):
         if self.measurement_mlp is not None:
             if measurements is None:
                 raise ValueError("this SA-CLIP model uses measurements; pass estimators.measure() values")
-            standardised = (measurements - self.measurement_mean) / self.measurement_std
+            m_mean = cast(torch.Tensor, self.measurement_mean)
+            m_std = cast(torch.Tensor, self.measurement_std)
+            standardised = (measurements - m_mean) / m_std
             features = features + self.measurement_mlp(torch.cat([features, standardised.clamp(-8, 8)], dim=-1))
         features = functional.normalize(features, dim=-1)
         logits = self.clip.logit_scale.exp() * features @ self.text_features().T
@@ -486,7 +491,7 @@ def create_model(
         options["use_measurements"] = True
         options.setdefault("measurement_names", sorted(MEASUREMENTS))
     model = SAClipModel(clip, tokenizer, SAClipSettings(backend=backend, **options))
-    model.open_clip_config = config
+    model.open_clip_config = config  # type: ignore[assignment]  # plain attribute, not a module or buffer
     return model
 
 

@@ -42,7 +42,7 @@ import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -191,7 +191,7 @@ class SyntheticStream(torch.utils.data.IterableDataset):
             image = self.images[int(rng.integers(len(self.images)))]
             labels = draw_labels(rng, self.p_clean, self.p_mixed)
             sample = make_sample(image, labels, self.size, rng, measurement_names=self.measurement_names)
-            sample["has_clean"] = np.float32(bool(labels) and rng.random() < self.p_with_clean)
+            sample["has_clean"] = np.asarray(bool(labels) and rng.random() < self.p_with_clean, dtype=np.float32)
             yield sample
 
 
@@ -325,7 +325,7 @@ def validation_set(
 
     rng = np.random.default_rng(seed)
     combos = list(MIO100_COMBINATIONS.values())
-    samples = []
+    samples: list[dict[str, Any]] = []
     for j in range(per_class):
         for labels in [[], *([d] for d in TYPES)]:
             image = images[(j + len(samples)) % len(images)]
@@ -465,8 +465,10 @@ def _fit_measurement_scaler(model: SAClipModel, images, size: int, seed: int, na
         make_sample(images[i % len(images)], draw_labels(rng), size, rng, measurement_names=names) for i in range(64)
     ]
     values = torch.from_numpy(np.stack([r["measurements"] for r in rows]))
-    model.measurement_mean.copy_(values.mean(0))
-    model.measurement_std.copy_(values.std(0).clamp_min(1e-4))
+    mean_buffer = cast(torch.Tensor, model.measurement_mean)
+    std_buffer = cast(torch.Tensor, model.measurement_std)
+    mean_buffer.copy_(values.mean(0))
+    std_buffer.copy_(values.std(0).clamp_min(1e-4))
 
 
 def _brief(metrics: Mapping[str, Any]) -> dict[str, Any]:
