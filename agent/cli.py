@@ -25,20 +25,30 @@ def _context(args: argparse.Namespace) -> Any:
     return RunContext(policy=args.policy, iqa_weights_dir=getattr(args, "iqa_weights", None))
 
 
+def gather_inputs(paths: list[str], recursive: bool = False) -> tuple[list[Path], list[tuple[Path, str]]] | None:
+    """Expand files and folders into images; print the problems and return ``None`` when none is left."""
+    from agent.imageio import iter_inputs
+
+    files, missing = iter_inputs([Path(p) for p in paths], recursive=recursive)
+    if not files:
+        for path, why in missing:
+            print(f"error: {path}: {why}", file=sys.stderr)
+        print("error: no input images found", file=sys.stderr)
+        return None
+    return files, list(missing)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Restore every input image; write ``OUT/<stem>.png`` and ``OUT/<stem>.restora/``."""
     from tqdm import tqdm
 
-    from agent.imageio import ImageInputError, iter_inputs
+    from agent.imageio import ImageInputError
     from agent.runner import RUN_DIR_SUFFIX, output_names, restore_image
 
-    files, missing = iter_inputs([Path(p) for p in args.inputs], recursive=args.recursive)
-    failures: list[tuple[Path, str]] = list(missing)
-    if not files:
-        for path, why in failures:
-            print(f"error: {path}: {why}", file=sys.stderr)
-        print("error: no input images found", file=sys.stderr)
+    gathered = gather_inputs(args.inputs, recursive=args.recursive)
+    if gathered is None:
         return EXIT_USAGE
+    files, failures = gathered
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     context = _context(args)

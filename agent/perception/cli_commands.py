@@ -78,15 +78,13 @@ def format_report(name: str, data: dict[str, Any]) -> str:
 
 def cmd_assess(args: argparse.Namespace) -> int:
     """Assess every input image and print the reports (text, or one JSON object keyed by file name)."""
-    from agent.imageio import ImageInputError, iter_inputs, load_image
+    from agent.cli import gather_inputs
+    from agent.imageio import ImageInputError, load_image
 
-    files, missing = iter_inputs([Path(p) for p in args.inputs], recursive=False)
-    failures: list[tuple[Path, str]] = list(missing)
-    if not files:
-        for path, why in failures:
-            print(f"error: {path}: {why}", file=sys.stderr)
-        print("error: no input images found", file=sys.stderr)
+    gathered = gather_inputs(args.inputs)
+    if gathered is None:
         return EXIT_USAGE
+    files, failures = gathered
     try:
         assessor = make_assessor(args.assessor)
     except (ValueError, FileNotFoundError) as exc:
