@@ -148,9 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-q", "--quiet", action="store_true")
     demo.set_defaults(func=cmd_demo)
 
-    tools = sub.add_parser("tools", help="list restoration tools and their parameters")
+    tools = sub.add_parser("tools", help="list restoration tools and their parameters (or: tools add PATH)")
     tools.add_argument("--json", action="store_true")
     tools.set_defaults(func=cmd_tools)
+    from tools.learned.cli_commands import add_tools_add_parser
+
+    add_tools_add_parser(tools.add_subparsers(dest="tools_command", metavar="{add}"))
 
     from agent.perception.cli_commands import add_assess_parser
 

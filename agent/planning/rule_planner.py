@@ -107,18 +107,23 @@ def expand_candidates(
     ``suggest`` from the report, and the policy's fixed params.
     """
     attempts: list[dict[str, Any]] = []
-    for candidate in policy.candidates_for(degradation):
-        if candidate.tool not in registry:
+    # Checkpoints the user registered (`restora tools add`) come first, then the policy's candidates.
+    user_tools: list[tuple[str, dict[str, Any], list[float]]] = [
+        (s.name, {}, [1.0]) for s in registry.for_degradation(degradation) if s.family == "user"
+    ]
+    policy_tools = [(c.tool, c.params, c.strengths) for c in policy.candidates_for(degradation)]
+    for name, fixed, candidate_strengths in user_tools + policy_tools:
+        if name not in registry:
             continue
-        tool = registry.get(candidate.tool)
+        tool = registry.get(name)
         suggested = tool.suggest(report, degradation)
-        params = {**suggested, **candidate.params}
-        strengths = candidate.strengths or [1.0]
+        params = {**suggested, **fixed}
+        strengths = candidate_strengths or [1.0]
         for strength in strengths:
             step_params = dict(params)
             if any(p.name == "strength" for p in tool.spec.params):
                 step_params["strength"] = strength
-            attempts.append({"tool": candidate.tool, "params": tool.spec.resolve(step_params)})
+            attempts.append({"tool": name, "params": tool.spec.resolve(step_params)})
     return attempts[: policy.budgets.max_attempts_per_step]
 
 

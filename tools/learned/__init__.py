@@ -12,7 +12,10 @@ def register_all(include_user: bool = True) -> list[str]:
     from tools.base import REGISTRY
     from tools.learned import restorers
 
-    names = [cls.spec.name for cls in restorers.RESTORERS.values()]
+    names = []
+    for cls in restorers.RESTORERS.values():
+        REGISTRY.register(cls)  # idempotent; re-adds them if a test restored the registry meanwhile
+        names.append(cls.spec.name)
     if include_user:
         from tools.learned.user import load_user_tools
 

@@ -43,7 +43,9 @@ def add_tools_add_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
     )
     parser.add_argument("--name", default=None, help="tool name (default user_<file stem>)")
     parser.add_argument("--upscale", action="store_true", help="keep a super-resolution model's larger output")
-    parser.add_argument("--catalogue", type=Path, default=None, help="catalogue file (default $RESTORA_HOME or ~/.config/restora)")
+    parser.add_argument(
+        "--catalogue", type=Path, default=None, help="catalogue file (default $RESTORA_HOME or ~/.config/restora)"
+    )
     parser.add_argument("--replace", action="store_true", help="overwrite a catalogued tool of the same name")
     parser.set_defaults(func=cmd_tools_add)
     return parser

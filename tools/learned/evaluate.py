@@ -1,5 +1,6 @@
-"""Held-out evaluation of a learned restorer against the classical tools
-(``python -m tools.learned.evaluate --task denoise [--write-card]``).
+"""Held-out evaluation of a learned restorer against the classical tools.
+
+Run ``python -m tools.learned.evaluate --task denoise [--write-card]``.
 
 Images come from the EVALUATION split only (LIVE1_color, McMaster, Set14; never used in training),
 cropped to ``--crop`` pixels. Each image is degraded once per severity band of the task with a fixed
@@ -78,7 +79,8 @@ def evaluate(
 def markdown_table(results: dict[str, Any]) -> str:
     """The evaluation as a Markdown table (PSNR on Y in dB, one row per band)."""
     lines = [
-        f"{results['images']} images of the evaluation split (LIVE1_color, McMaster, Set14), {results['crop']}px crops, "
+        f"{results['images']} images of the evaluation split (LIVE1_color, McMaster, Set14), "
+        f"{results['crop']}px crops, "
         f"seed {results['seed']}; PSNR on Y (dB). Classical tools get oracle parameters; the learned model is blind.",
         "",
         "| band | input | best classical | classical | learned | gain |",

@@ -191,7 +191,9 @@ class NAFNet(nn.Module):
         if dim > 0:
             if condition is None or condition.shape != (image.shape[0], dim):
                 got = None if condition is None else tuple(condition.shape)
-                raise ValueError(f"this model is conditioned: pass condition of shape ({image.shape[0]}, {dim}), got {got}")
+                raise ValueError(
+                    f"this model is conditioned: pass condition of shape ({image.shape[0]}, {dim}), got {got}"
+                )
         elif condition is not None:
             raise ValueError("this model has condition_dim=0; pass condition=None or build it with condition_dim > 0")
         height, width = image.shape[-2:]

@@ -79,9 +79,10 @@ class LearnedRestorer(Tool):
 
         from tools.learned.tiling import tiled_forward, to_image, to_tensor
 
+        tile = int(params.get("tile", TILE.default))
         with torch.inference_mode():
             tensor = to_tensor(image, self.device, self.dtype)
-            out = tiled_forward(self.model, tensor, tile=int(params.get("tile", TILE.default)), overlap=OVERLAP)
+            out = tiled_forward(self.model, tensor, tile=tile, overlap=min(OVERLAP, tile // 4))
         return to_image(out)
 
 

@@ -1,5 +1,7 @@
-"""The learned restorers' tasks: which degradation each model removes, how training pairs are drawn,
-which classical tools it must beat, the evaluation bands, and where its weights live.
+"""The learned restorers' tasks and where their weights live.
+
+Per task: which degradation the model removes, how training pairs are drawn, which classical tools it
+must beat and the evaluation bands.
 
 Synthesis (:mod:`evals.synthesis`) is imported lazily: only training and evaluation need it, the
 inference tools do not.
@@ -77,6 +79,12 @@ class Task:
         return degrade(clean, self.degradation, rng, severity=value)
 
 
+SEVERITY_BANDS = (
+    Band("severity 0-0.33", 0.0, 1 / 3),
+    Band("severity 0.33-0.67", 1 / 3, 2 / 3),
+    Band("severity 0.67-1", 2 / 3, 1.0),
+)
+
 TASKS: dict[str, Task] = {
     task.name: task
     for task in (
@@ -101,7 +109,7 @@ TASKS: dict[str, Task] = {
             Degradation.RAIN,
             "removal of rain streaks (the synthesis' full severity range)",
             "severity",
-            (Band("severity 0-0.33", 0.0, 1 / 3), Band("severity 0.33-0.67", 1 / 3, 2 / 3), Band("severity 0.67-1", 2 / 3, 1.0)),
+            SEVERITY_BANDS,
             ("derain_directional",),
         ),
         Task(
@@ -109,7 +117,7 @@ TASKS: dict[str, Task] = {
             Degradation.LOW_LIGHT,
             "brightening of under-exposed images (value shift, gamma and range compression)",
             "severity",
-            (Band("severity 0-0.33", 0.0, 1 / 3), Band("severity 0.33-0.67", 1 / 3, 2 / 3), Band("severity 0.67-1", 2 / 3, 1.0)),
+            SEVERITY_BANDS,
             ("lowlight_retinex",),
         ),
     )

@@ -48,14 +48,24 @@ def select_dtype(name: str | None = None, device: torch.device | None = None) ->
     return DTYPES[name]
 
 
-def _feather(length: int, ramp: int) -> torch.Tensor:
-    """1-D blending weights: rising linearly over ``ramp`` pixels at both ends, 1 in between (never 0)."""
-    weights = torch.ones(length)
+def _feather(length: int, ramp: int, at_start_border: bool, at_end_border: bool) -> torch.Tensor:
+    """1-D blending weights of one tile.
+
+    Towards an edge shared with a neighbouring tile the weight is (almost) 0 over the first quarter of
+    the overlap, where the tile's own padding corrupts a network's output, then rises linearly to 1;
+    edges on the image border keep weight 1. Weights never reach exactly 0, so every pixel is covered.
+    """
     ramp = min(ramp, length // 2)
-    if ramp > 0:
-        edge = torch.arange(1, ramp + 1, dtype=torch.float32) / (ramp + 1)
+    weights = torch.ones(length)
+    if ramp <= 0:
+        return weights
+    margin = ramp // 4
+    position = torch.arange(ramp, dtype=torch.float32)
+    edge = ((position + 1 - margin) / (ramp - margin + 1)).clamp(min=1e-3, max=1.0)
+    if not at_start_border:
         weights[:ramp] = edge
-        weights[length - ramp :] = edge.flip(0)
+    if not at_end_border:
+        weights[length - ramp :] = torch.minimum(weights[length - ramp :], edge.flip(0))
     return weights
 
 
@@ -98,10 +108,13 @@ def tiled_forward(
             patch = image[..., top : top + tile, left : left + tile]
             result = fn(patch)
             th, tw = result.shape[-2:]
-            if output is None:
-                output = image.new_zeros((image.shape[0], result.shape[1], height * scale, width * scale), dtype=torch.float32)
+            if output is None or total is None:
+                shape = (image.shape[0], result.shape[1], height * scale, width * scale)
+                output = image.new_zeros(shape, dtype=torch.float32)
                 total = image.new_zeros((1, 1, height * scale, width * scale), dtype=torch.float32)
-            window = (_feather(th, overlap * scale)[:, None] * _feather(tw, overlap * scale)[None, :]).to(output.device)
+            rows_weight = _feather(th, overlap * scale, top == 0, top + tile >= height)
+            cols_weight = _feather(tw, overlap * scale, left == 0, left + tile >= width)
+            window = (rows_weight[:, None] * cols_weight[None, :]).to(output.device)
             rows = slice(top * scale, top * scale + th)
             cols = slice(left * scale, left * scale + tw)
             output[..., rows, cols] += result.float() * window

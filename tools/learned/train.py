@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.pt"
 DEFAULT_SHARED = Path(__file__).resolve().parents[3] / "shared"
+#: Training checkpoints live outside the shipped weights folder (``.restora-cache/`` is git-ignored).
+CHECKPOINT_ROOT = Path(__file__).resolve().parents[2] / ".restora-cache" / "train"
 
 
 @dataclass
@@ -158,8 +160,19 @@ def train(
     resume: bool = False,
     model_config: dict[str, Any] | None = None,
     progress: bool = True,
+    checkpoint_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) training and write the weights; returns the recorded ``config.json`` content."""
+    """Run (or resume) training and write the weights; returns the recorded ``config.json`` content.
+
+    Args:
+        settings: The run's hyper-parameters; on ``resume`` a different ``steps`` re-targets the cosine schedule.
+        shared: The shared folder holding ``data/clean``.
+        out: Where ``model.safetensors``, ``config.json`` and ``MODEL_CARD.md`` are written.
+        resume: Continue from the checkpoint in ``checkpoint_dir``.
+        model_config: :class:`NAFNetConfig` fields (default config when ``None``; the checkpoint's on resume).
+        progress: Show a tqdm progress bar.
+        checkpoint_dir: Folder of ``checkpoint.pt`` (default ``.restora-cache/train/<task>`` in the repository).
+    """
     import torch
     from tqdm import tqdm
 
@@ -174,7 +187,7 @@ def train(
     train_images = [loaded[n] for n in split["train"] if min(loaded[n].shape[:2]) >= settings.crop]
     val_images = [loaded[n] for n in split["val"]]
 
-    checkpoint_path = out / CHECKPOINT_NAME
+    checkpoint_path = (checkpoint_dir or CHECKPOINT_ROOT / settings.task) / CHECKPOINT_NAME
     state: dict[str, Any] | None = None
     if resume:
         if not checkpoint_path.is_file():
@@ -186,10 +199,13 @@ def train(
     torch.manual_seed(settings.seed)
     config = NAFNetConfig.from_dict(model_config) if model_config else NAFNetConfig()
     model = NAFNet(config).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.9))
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.9)
+    )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.steps, eta_min=settings.min_lr)
     rng = np.random.default_rng(settings.seed)
     step, history = 0, []
+    schedule = [{"from_step": 0, "steps": settings.steps}]  # cosine targets; changes when a resume re-targets
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -197,10 +213,21 @@ def train(
         rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
         step, history = state["step"], state["history"]
+        schedule = state.get("schedule", [{"from_step": 0, "steps": state["settings"]["steps"]}])
+        if scheduler.T_max != settings.steps:  # a resumed run may be lengthened or shortened
+            logger.info("cosine schedule now ends at step %d (was %d)", settings.steps, scheduler.T_max)
+            scheduler.T_max = settings.steps
+            schedule.append({"from_step": step, "steps": settings.steps})
+            for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+                # The scheduler's recursive update only scales the current lr; set the closed form instead.
+                progress_fraction = min(step / settings.steps, 1.0)
+                group["lr"] = (
+                    settings.min_lr + (base_lr - settings.min_lr) * (1 + math.cos(math.pi * progress_fraction)) / 2
+                )
         logger.info("resumed %s at step %d", settings.task, step)
 
     def checkpoint() -> None:
-        out.mkdir(parents=True, exist_ok=True)
+        checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
         snapshot = {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -209,6 +236,7 @@ def train(
             "torch_rng": torch.get_rng_state(),
             "step": step,
             "history": history,
+            "schedule": schedule,
             "settings": vars(settings),
             "model_config": config.to_dict(),
         }
@@ -249,7 +277,8 @@ def train(
         "task": task.name,
         "degradation": task.degradation.value,
         "parameters": count_parameters(model),
-        "training": vars(settings) | {"device": device, "seconds_this_session": round(time.perf_counter() - started, 1)},
+        "training": vars(settings)
+        | {"device": device, "seconds": round(time.perf_counter() - started, 1), "schedule": schedule},
         "data": {"source": "BSD100 (calibration split of evals.synthesis.clean_split)", "split": split},
         "history": history,
     }
@@ -280,6 +309,11 @@ def write_model_card(out: Path, record: dict[str, Any], evaluation: str | None =
         f"{training['min_lr']}, {training['loss']} loss, device {training['device']}.",
         f"- Reproduce: `python -m tools.learned.train --task {task.name} --steps {training['steps']}`.",
     ]
+    if len(training.get("schedule", [])) > 1:
+        changes = "; ".join(f"from step {c['from_step']} towards {c['steps']}" for c in training["schedule"])
+        lines.append(f"- Resumed with a re-targeted cosine schedule ({changes}); reproduce with the same resumes.")
+    if training.get("note"):
+        lines.append(f"- Note: {training['note']}")
     if last:
         lines.append(
             f"- Validation PSNR (RGB, BSD100 validation crops) at step {last['step']}: "
@@ -307,7 +341,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=None, help="network width (default: NAFNetConfig's)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default tools/learned/weights/<task>)")
     parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED, help="shared folder holding data/clean")
-    parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint (see --checkpoint-dir)")
+    parser.add_argument(
+        "--checkpoint-dir", type=Path, default=None, help="checkpoint folder (default .restora-cache/train/<task>)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation afterwards")
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N held-out images")
@@ -330,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     out = args.out or weights_dir(args.task)
     model_config = {"width": args.width} if args.width else None
-    train(settings, args.shared, out, resume=args.resume, model_config=model_config)
+    train(settings, args.shared, out, resume=args.resume, model_config=model_config, checkpoint_dir=args.checkpoint_dir)
     if not args.no_eval:
         from tools.learned.evaluate import evaluate_and_record
 

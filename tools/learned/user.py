@@ -40,7 +40,7 @@ class UnsupportedCheckpointError(ValueError):
 
 
 def catalogue_path(path: Path | str | None = None) -> Path:
-    """The catalogue file: ``path``, else ``$RESTORA_HOME/user_tools.yaml``, else ``~/.config/restora/user_tools.yaml``."""
+    """The catalogue: ``path``, else ``$RESTORA_HOME/user_tools.yaml``, else ``~/.config/restora/user_tools.yaml``."""
     if path is not None:
         return Path(path)
     home = os.environ.get(HOME_ENV)
@@ -132,23 +132,24 @@ class UserCheckpointTool(Tool):
             if (dtype == torch.float16 and not descriptor.supports_half) or (
                 dtype == torch.bfloat16 and not descriptor.supports_bfloat16
             ):
-                logger.warning("%s: %s does not support %s; using float32", self.spec.name, descriptor.architecture.name, dtype)
+                arch = descriptor.architecture.name
+                logger.warning("%s: %s does not support %s; using float32", self.spec.name, arch, dtype)
                 dtype = torch.float32
         self.dtype = dtype
         self.descriptor = descriptor.to(self.device).to(dtype).eval()
 
     def _run(self, tensor):
         """Tiled inference on a (1, C, H, W) tensor; grayscale models run on each channel."""
+        import torch
+
         from tools.learned.tiling import tiled_forward
 
-        descriptor = self.descriptor
-        tile = self._tile
+        descriptor, tile, scale = self.descriptor, self._tile, self.descriptor.scale
+        overlap = min(OVERLAP, tile // 4)
         if descriptor.input_channels == 1:
-            channels = [tiled_forward(descriptor, tensor[:, c : c + 1], tile, OVERLAP, descriptor.scale) for c in range(3)]
-            import torch
-
-            return torch.cat(channels, dim=1)
-        return tiled_forward(descriptor, tensor, tile, OVERLAP, descriptor.scale)
+            planes = [tiled_forward(descriptor, tensor[:, c : c + 1], tile, overlap, scale) for c in range(3)]
+            return torch.cat(planes, dim=1)
+        return tiled_forward(descriptor, tensor, tile, overlap, scale)
 
     def apply(self, image: np.ndarray, **params: Any) -> np.ndarray:
         """Restore ``image``; the output keeps the input size unless the tool was registered to upscale."""
@@ -167,7 +168,8 @@ class UserCheckpointTool(Tool):
         with torch.inference_mode():
             out = to_image(self._run(to_tensor(source, self.device, self.dtype)))
         if not self.upscale and out.shape[:2] != (height, width):
-            out = cv2.resize(out, (width, height), interpolation=cv2.INTER_CUBIC if out.shape[0] < height else cv2.INTER_AREA)
+            interpolation = cv2.INTER_CUBIC if out.shape[0] < height else cv2.INTER_AREA
+            out = cv2.resize(out, (width, height), interpolation=interpolation)
         return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
@@ -186,7 +188,8 @@ def make_user_tool(
     name = name or tool_name_for(path)
     spec = ToolSpec(
         name=name,
-        description=description or f"User checkpoint {Path(path).name} restoring {', '.join(d.value for d in degradations)}.",
+        description=description
+        or f"User checkpoint {Path(path).name} restoring {', '.join(d.value for d in degradations)}.",
         restores=degradations,
         params=(STRENGTH, TILE),
         device="any",
