@@ -44,6 +44,33 @@ def _config() -> RunnableConfig:
     return {"configurable": {"thread_id": THREAD_ID}, "recursion_limit": 200}
 
 
+def _bind(conn: sqlite3.Connection, interrupt_after: list[str] | None = None) -> Any:
+    """The graph (compiled once at import) bound to one run's checkpoint database."""
+    update: dict[str, Any] = {"checkpointer": SqliteSaver(conn)}
+    if interrupt_after:
+        update["interrupt_after_nodes"] = list(interrupt_after)
+    return compiled_graph.copy(update=update)
+
+
+def _resumable(run_dir: Path) -> bool:
+    """Whether the checkpoint holds a run that can continue (steps left) or has finished."""
+    conn = sqlite3.connect(run_dir / CHECKPOINT_FILE, check_same_thread=False)
+    try:
+        snapshot = _bind(conn).get_state(_config())
+        return bool(snapshot.values) and bool(snapshot.next or snapshot.values.get("final"))
+    except sqlite3.DatabaseError:
+        return False
+    finally:
+        conn.close()
+
+
+def _clear_run(run_dir: Path) -> None:
+    """Remove an earlier run's checkpoints and artifacts (outputs are overwritten atomically later)."""
+    for name in (CHECKPOINT_FILE, f"{CHECKPOINT_FILE}-wal", f"{CHECKPOINT_FILE}-shm", f"{CHECKPOINT_FILE}-journal"):
+        (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "artifacts", ignore_errors=True)
+
+
 def has_checkpoint(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds a checkpoint that a run can resume from."""
     return (run_dir / CHECKPOINT_FILE).is_file()
@@ -67,29 +94,28 @@ def restore_image(
     """
     input_path = Path(input_path)
     run_dir = Path(run_dir)
+    if resume and has_checkpoint(run_dir) and not _resumable(run_dir):
+        logger.warning("%s: the checkpoint holds no resumable state; starting this image again", run_dir)
+        resume = False
     if not resume and run_dir.exists():
-        for name in (CHECKPOINT_FILE, f"{CHECKPOINT_FILE}-wal", f"{CHECKPOINT_FILE}-shm"):
-            (run_dir / name).unlink(missing_ok=True)
-        shutil.rmtree(run_dir / "artifacts", ignore_errors=True)
+        _clear_run(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     conn = sqlite3.connect(run_dir / CHECKPOINT_FILE, check_same_thread=False)
     try:
-        # The graph is compiled once at import; each run gets a copy bound to its own checkpoint file.
-        update: dict[str, Any] = {"checkpointer": SqliteSaver(conn)}
-        if interrupt_after:
-            update["interrupt_after_nodes"] = list(interrupt_after)
-        graph: Any = compiled_graph.copy(update=update)
+        graph = _bind(conn, interrupt_after)
         config = _config()
         snapshot = graph.get_state(config)
+        # "sync" durability: every step's checkpoint is on disk before the next step starts, so a
+        # kill at any moment leaves a checkpoint to resume from.
         if resume and snapshot.values:
             if snapshot.next:
-                graph.invoke(None, config, context=context)
+                graph.invoke(None, config, context=context, durability="sync")
         else:
             inputs: dict[str, Any] = {"input_path": str(input_path), "run_dir": str(run_dir), "request": request}
             if output_path is not None:
                 inputs["output_path"] = str(output_path)
-            graph.invoke(inputs, config, context=context)
+            graph.invoke(inputs, config, context=context, durability="sync")
         snapshot = graph.get_state(config)
         state = dict(snapshot.values)
         finished = not snapshot.next
