@@ -129,3 +129,12 @@ def test_killed_process_resumes_to_the_same_output(tmp_path):
     resumed = restore_image(image, tmp_path / "killed", fake_context(), resume=True, output_path=tmp_path / "k.png")
     assert file_sha256(resumed.output_path) == file_sha256(full.output_path)
     assert json.loads((tmp_path / "killed" / "trace.json").read_text())["status"] == "done"
+
+
+def test_resume_with_an_unusable_checkpoint_starts_again(tmp_path):
+    image = noisy_dark_image(tmp_path / "in.png")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "checkpoints.sqlite").write_bytes(b"not a database")
+    result = restore_image(image, run_dir, fake_context(), resume=True)
+    assert result.kept == "output" and result.output_path is not None
