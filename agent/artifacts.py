@@ -19,7 +19,8 @@ from agent.imageio import file_sha256, load_image, save_image
 ARTIFACT_DIR = "artifacts"
 
 
-def _atomic_write_bytes(path: Path, writer: Any) -> None:
+def atomic_write(path: Path, writer: Any) -> None:
+    """Write ``path`` through ``writer(binary_handle)`` into a temporary file, then rename it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -35,7 +36,7 @@ def write(run_dir: Path, name: str, image: np.ndarray) -> str:
     """Store ``image`` as ``run_dir/artifacts/<name>.npy`` atomically; return its path."""
     path = run_dir / ARTIFACT_DIR / f"{name}.npy"
     array = np.ascontiguousarray(image, dtype=np.float32)
-    _atomic_write_bytes(path, lambda handle: np.save(handle, array, allow_pickle=False))
+    atomic_write(path, lambda handle: np.save(handle, array, allow_pickle=False))
     return str(path)
 
 
@@ -54,7 +55,7 @@ def ingest_input(input_path: Path, run_dir: Path, policy: Any) -> tuple[str, dic
     source_hash = file_sha256(input_path)
     copy = run_dir / f"input{input_path.suffix.lower()}"
     if not copy.exists() or file_sha256(copy) != source_hash:
-        _atomic_write_bytes(copy, lambda handle: handle.write(input_path.read_bytes()))
+        atomic_write(copy, lambda handle: handle.write(input_path.read_bytes()))
     loaded = load_image(copy, max_pixels=policy.limits.max_pixels)
     image = loaded.image
     info = {
@@ -86,5 +87,5 @@ def write_outputs(run_dir: Path, artifact: str, output_path: str | None, input_p
     if target.resolve() == Path(input_path).resolve():
         raise ValueError(f"refusing to write the output over the input {input_path}")
     # Same bytes as the run directory's copy: copy the file instead of encoding the PNG again.
-    _atomic_write_bytes(target, lambda handle: handle.write(run_output.read_bytes()))
+    atomic_write(target, lambda handle: handle.write(run_output.read_bytes()))
     return str(target)

@@ -21,7 +21,7 @@ def demo_clean_image() -> np.ndarray:
 def run_demo(out_dir: Path, policy: str = "default", quiet: bool = False) -> int:
     """Write ``demo_input.png``, restore it into ``out_dir``, print PSNR/SSIM before and after."""
     from agent.context import RunContext
-    from agent.imageio import save_image
+    from agent.imageio import load_image, save_image
     from agent.runner import RUN_DIR_SUFFIX, restore_image
     from agent.trace import format_table
     from evals.metrics import psnr, ssim
@@ -39,8 +39,6 @@ def run_demo(out_dir: Path, policy: str = "default", quiet: bool = False) -> int
         RunContext(policy=policy),
         output_path=out_dir / "demo.png",
     )
-    from agent.imageio import load_image
-
     restored = load_image(result.output_path).image if result.output_path else degraded
     stored_input = load_image(input_path).image
     if not quiet:

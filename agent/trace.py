@@ -5,13 +5,13 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+
+from agent.artifacts import atomic_write
 
 TRACE_SCHEMA_VERSION = 1
 TRACE_FILE = "trace.json"
@@ -50,11 +50,8 @@ def build_trace(state: dict[str, Any], wall_seconds: float | None, policy_name: 
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to ``path`` through a temporary file and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, default=str)
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=2, default=str)
+    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def load_trace(run: str | Path) -> dict[str, Any]:
@@ -157,10 +154,7 @@ def write_trace(run_dir: Path, trace: dict[str, Any], input_artifact: str | None
     """Write ``trace.json`` and ``report.html`` into ``run_dir``."""
     write_json_atomic(run_dir / TRACE_FILE, trace)
     page = render_html(trace, input_artifact)
-    fd, tmp = tempfile.mkstemp(prefix=f".{REPORT_FILE}.", dir=run_dir)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(page)
-    os.replace(tmp, run_dir / REPORT_FILE)
+    atomic_write(run_dir / REPORT_FILE, lambda handle: handle.write(page.encode("utf-8")))
 
 
 def format_table(trace: dict[str, Any]) -> str:
