@@ -25,7 +25,7 @@ from agent.iqa import IQAScore
 from agent.planning.rule_planner import Intent, next_step, parse_request
 from agent.report import DegradationReport
 from agent.state import InputState, State
-from agent.verify import structural_fidelity, verify_final, verify_step
+from agent.verify import degradation_load, structural_fidelity, verify_final, verify_step
 from tools.base import ToolError
 
 
@@ -51,6 +51,8 @@ def ingest(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
         "intent": intent.to_dict(),
         "handled": [],
         "accepted": [],
+        "frames": [],
+        "backtracks": 0,
         "tool_calls": 0,
         "steps_done": 0,
         "step": None,
@@ -177,29 +179,111 @@ def verify(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
             artifact=candidate["path"],
         )
     out: dict[str, Any] = {"candidate": None, "timings": timings}
+    strategy = ctx.policy.strategy
+    passed = list(step.get("passed", []))
     if verdict_accept:
-        out.update(
-            image_path=candidate["path"],
-            report=after.model_dump(mode="json"),
-            iqa=after_iqa.to_dict(),
-            handled=[
-                *[h for h in state.get("handled", []) if h not in record["checks"].get("revealed", {})],
-                target.value,
-            ],
-            accepted=[*state.get("accepted", []), record],
-            step=None,
+        score = degradation_load(before, ctx.policy.thresholds) - degradation_load(after, ctx.policy.thresholds)
+        record["score"] = round(score + (record["checks"].get("iqa_gain") or 0.0), 4)
+        passed.append(
+            {
+                "record": record,
+                "image_path": candidate["path"],
+                "report": after.model_dump(mode="json"),
+                "iqa": after_iqa.to_dict(),
+            }
         )
-    else:
-        step["attempt"] = step["attempt"] + 1
-        out_of_budget = state.get("tool_calls", 0) >= ctx.policy.budgets.max_tool_calls
-        if step["attempt"] >= len(step["attempts"]) or out_of_budget:
-            record["decision"] = "rollback"
-            record["reason"] += "; no candidate left, step rolled back"
-            out.update(step=None, handled=[*state.get("handled", []), target.value])
+    step["attempt"] = step["attempt"] + 1
+    out_of_budget = state.get("tool_calls", 0) >= ctx.policy.budgets.max_tool_calls
+    exhausted = step["attempt"] >= len(step["attempts"]) or out_of_budget
+    compare_more = strategy.name == "best_of_k" and len(passed) < strategy.k and not exhausted
+    if verdict_accept and compare_more:
+        record["decision"] = "passed"
+        record["reason"] += f"; kept for comparison ({len(passed)} of up to {strategy.k} candidates)"
+        out.update(step={**step, "passed": passed}, attempts=[record])
+        return out
+    if passed:
+        if verdict_accept and len(passed) == 1:
+            logged = []  # greedy: the accepted record itself is logged below
+        elif verdict_accept:
+            logged = [record | {"decision": "passed"}]
         else:
-            out["step"] = step
-    out["attempts"] = [record]
+            logged = [record]
+        out.update(_accept_best(state, step, passed, target, logged))
+        return out
+    if not exhausted:
+        out.update(step=step, attempts=[record])
+        return out
+    record["decision"] = "rollback"
+    record["reason"] += "; no candidate left, step rolled back"
+    frames = list(state.get("frames", []))
+    backtracks = state.get("backtracks", 0)
+    if strategy.name == "tree" and backtracks < strategy.max_backtracks and not out_of_budget and frames:
+        frame = frames[-1]
+        reopened = dict(frame["step"])
+        if reopened["attempt"] + 1 < len(reopened["attempts"]):
+            reopened["attempt"] += 1
+            reopened.pop("passed", None)
+            undone = state["accepted"][-1]
+            backtrack = {
+                "step": record["step"],
+                "target": undone["target"],
+                "tool": undone["tool"],
+                "decision": "backtrack",
+                "reason": (
+                    f"no acceptable candidate for {target.value}; undoing the accepted {undone['target']} step "
+                    f"({undone['tool']}) to try its next candidate"
+                ),
+            }
+            out.update(
+                step=reopened,
+                image_path=frame["image_path"],
+                report=frame["report"],
+                iqa=frame["iqa"],
+                handled=[h for h in frame["handled"] if h != target.value],
+                accepted=state["accepted"][:-1],
+                frames=frames[:-1],
+                backtracks=backtracks + 1,
+                attempts=[record, backtrack],
+            )
+            return out
+    out.update(step=None, handled=[*state.get("handled", []), target.value], attempts=[record])
     return out
+
+
+def _accept_best(
+    state: State,
+    step: dict[str, Any],
+    passed: list[dict[str, Any]],
+    target: Degradation,
+    logged: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Accept the best-scoring verified candidate of a step and remember how to undo it (tree strategy)."""
+    best = max(passed, key=lambda entry: entry["record"]["score"])
+    chosen = dict(best["record"])
+    chosen["decision"] = "accept"
+    if len(passed) > 1:
+        scores = ", ".join(f"{entry['record']['tool']}={entry['record']['score']}" for entry in passed)
+        chosen["reason"] += f"; best of {len(passed)} verified candidates ({scores})"
+    frame = {
+        "image_path": state["image_path"],
+        "report": state["report"],
+        "iqa": state["iqa"],
+        "handled": list(state.get("handled", [])),
+        "step": {k: v for k, v in step.items() if k != "passed"} | {"attempt": step["attempt"] - 1},
+    }
+    return {
+        "image_path": best["image_path"],
+        "report": best["report"],
+        "iqa": best["iqa"],
+        "handled": [
+            *[h for h in state.get("handled", []) if h not in chosen["checks"].get("revealed", {})],
+            target.value,
+        ],
+        "accepted": [*state.get("accepted", []), chosen],
+        "frames": [*state.get("frames", []), frame],
+        "step": None,
+        "attempts": [*logged, chosen],
+    }
 
 
 def finish(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:

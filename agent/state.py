@@ -61,6 +61,10 @@ class State(InputState, total=False):
     """Every tool call with its metrics, decision and reason (the trace)."""
     accepted: list[dict[str, Any]]
     """Accepted steps in order, with the artifact of each intermediate image."""
+    frames: list[dict[str, Any]]
+    """Per accepted step, what undoing it restores (image, report, handled, the step's candidates): tree strategy."""
+    backtracks: int
+    """Accepted steps undone so far by the tree strategy."""
     tool_calls: int
     """Tool calls so far (bounded by the policy's budget)."""
     steps_done: int

@@ -162,6 +162,21 @@ class Limits(_Section):
         return self
 
 
+class Strategy(_Section):
+    """How a step explores its candidates and whether the agent may backtrack over accepted steps."""
+
+    name: Literal["greedy", "best_of_k", "tree"] = Field(
+        default="greedy",
+        description=(
+            "greedy: keep the first candidate the verifier accepts; best_of_k: verify up to k accepted candidates and "
+            "keep the best; tree: greedy, but when a step finds no acceptable candidate, undo the previous accepted "
+            "step and try its next candidate (depth-first rollback, bounded by max_backtracks)"
+        ),
+    )
+    k: int = Field(default=3, ge=1, le=16, description="best_of_k: accepted candidates compared per step")
+    max_backtracks: int = Field(default=2, ge=0, le=32, description="tree: undone steps per image at most")
+
+
 def _default_order() -> list[Degradation]:
     return restoration_order(list(ALL_DEGRADATIONS))
 
@@ -194,6 +209,14 @@ class Policy(_Section):
     order_prior: list[Degradation] = Field(
         default_factory=_default_order, description="order in which degradations are undone (every type once)"
     )
+    order_pairwise: dict[Degradation, dict[Degradation, float]] = Field(
+        default_factory=dict,
+        description=(
+            "learned pairwise order prior: order_pairwise[a][b] > 0 means undoing a before b worked better in "
+            "exploration (python -m agent.planning.explore_order); overrides order_prior where it has an opinion"
+        ),
+    )
+    strategy: Strategy = Field(default_factory=Strategy)
     limits: Limits = Field(default_factory=Limits)
 
     @field_validator("name")
@@ -229,6 +252,20 @@ class Policy(_Section):
             return value
         return {_degradation_name(key, "candidates"): item for key, item in value.items()}
 
+    @field_validator("order_pairwise", mode="before")
+    @classmethod
+    def _pairwise_keys(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        out: dict[Degradation, Any] = {}
+        for first, row in value.items():
+            key = _degradation_name(first, "order_pairwise")
+            if not isinstance(row, dict):
+                out[key] = row
+                continue
+            out[key] = {_degradation_name(second, f"order_pairwise.{key.value}"): v for second, v in row.items()}
+        return out
+
     @field_validator("order_prior", mode="before")
     @classmethod
     def _order_names(cls, value: Any) -> Any:
@@ -250,6 +287,11 @@ class Policy(_Section):
     def presence_threshold(self, degradation: Degradation | str) -> float:
         """The probability from which ``degradation`` counts as present when planning."""
         return self.thresholds.presence_for(degradation)
+
+    def precedence(self, first: Degradation | str, second: Degradation | str) -> float:
+        """Learned preference for undoing ``first`` before ``second`` (positive: first; 0: no opinion)."""
+        a, b = Degradation(first), Degradation(second)
+        return self.order_pairwise.get(a, {}).get(b, 0.0) - self.order_pairwise.get(b, {}).get(a, 0.0)
 
     def candidates_for(self, degradation: Degradation | str) -> list[Candidate]:
         """Return the candidates for ``degradation`` in order (empty when the policy has none)."""

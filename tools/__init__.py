@@ -6,9 +6,16 @@ _USER_TOOLS_LOADED = False
 
 
 def default_registry() -> ToolRegistry:
-    """The process-wide registry: the built-in tools plus the user checkpoints of ``restora tools add``."""
+    """The process-wide registry: classical and learned tools plus the user checkpoints of ``restora tools add``.
+
+    The learned tools (``nafnet_*``) are always catalogued; their weights load on first use and a tool whose
+    weights are missing fails its step with an error naming the command that trains them.
+    """
     global _USER_TOOLS_LOADED
     import tools.classical  # noqa: F401  (importing registers the classical tools)
+    from tools.learned import register_all
+
+    register_all(include_user=False)
 
     if not _USER_TOOLS_LOADED:
         _USER_TOOLS_LOADED = True

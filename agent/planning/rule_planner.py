@@ -127,6 +127,21 @@ def expand_candidates(
     return attempts[: policy.budgets.max_attempts_per_step]
 
 
+def choose_first(present: list[Degradation], policy: Any) -> Degradation:
+    """The degradation to undo first among ``present`` (already sorted by the order prior).
+
+    With a learned pairwise prior (``policy.order_pairwise``), the type that the exploration
+    most preferred to undo before the others present wins (the sum of its pairwise margins); the
+    fixed order prior breaks ties and decides where the learned prior has no opinion.
+    """
+    pairwise = getattr(policy, "order_pairwise", None)
+    if not pairwise or len(present) < 2:
+        return present[0]
+    scores = {d: sum(policy.precedence(d, other) for other in present if other != d) for d in present}
+    best = max(scores.values())
+    return next(d for d in present if scores[d] >= best - 1e-9)
+
+
 def next_step(
     report: DegradationReport,
     handled: list[str],
@@ -155,7 +170,7 @@ def next_step(
     )
     rank = {d: i for i, d in enumerate(order)}
     present.sort(key=lambda d: (rank.get(d, len(rank)), -report.probability(d)))
-    target = present[0]
+    target = choose_first(present, policy)
     attempts = expand_candidates(policy, registry, target, report)
     estimate = report.estimates[target]
     return {

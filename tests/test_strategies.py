@@ -1,0 +1,174 @@
+"""Exploration strategies (greedy, best-of-k, tree search with rollback) and the pairwise order prior."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+from langgraph.checkpoint.memory import InMemorySaver
+
+from agent.context import RunContext
+from agent.degradations import ALL_DEGRADATIONS, Degradation
+from agent.graph import build_graph
+from agent.planning.rule_planner import Intent, next_step
+from agent.report import DegradationEstimate, DegradationReport
+from policies import policy_from_mapping
+from tests.fakes import FakeAssessor, FakeBrighten, FakeDenoise, fake_policy, fake_registry, noisy_dark_image
+from tools.base import STRENGTH, Tool, ToolError, ToolSpec
+
+
+class WeakDenoise(Tool):
+    """Light smoothing: accepted by the verifier, but leaves noise that the later brightening amplifies."""
+
+    spec = ToolSpec("fake_denoise_weak", "light smoothing", (Degradation.NOISE,), (STRENGTH,), family="test")
+
+    def apply(self, image: np.ndarray, **params: Any) -> np.ndarray:
+        """Blur lightly."""
+        return cv2.GaussianBlur(image, (0, 0), 0.5)
+
+
+class MarkingDenoise(Tool):
+    """Smooths well but leaves a mark that makes the later brightening tool fail (a bad early choice)."""
+
+    spec = ToolSpec("fake_denoise_marking", "smoothing with a mark", (Degradation.NOISE,), (STRENGTH,), family="test")
+
+    def apply(self, image: np.ndarray, **params: Any) -> np.ndarray:
+        """Blur, then zero the top-left 4x4 corner."""
+        out = cv2.GaussianBlur(image, (0, 0), 1.2)
+        out[:4, :4] = 0.0
+        return out
+
+
+class FragileBrighten(FakeBrighten):
+    """Brightens unless the image carries MarkingDenoise's mark."""
+
+    spec = ToolSpec("fake_brighten_fragile", "gain", (Degradation.LOW_LIGHT,), (STRENGTH,), family="test")
+
+    def apply(self, image: np.ndarray, **params: Any) -> np.ndarray:
+        """Raise on a marked image, else brighten."""
+        if float(np.abs(image[:4, :4]).max()) == 0.0:
+            raise ToolError("cannot brighten a marked image")
+        return super().apply(image, **params)
+
+
+def _context(noise: list[str], low_light: str, strategy: dict[str, Any]) -> RunContext:
+    registry = fake_registry()
+    for cls in (WeakDenoise, MarkingDenoise, FragileBrighten):
+        registry.add_instance(cls())
+    data = fake_policy().model_dump(mode="json")
+    data["candidates"] = {
+        "noise": [{"tool": name, "strengths": [1.0]} for name in noise],
+        "low_light": [{"tool": low_light, "strengths": [1.0]}],
+    }
+    data["strategy"] = strategy
+    return RunContext(policy=policy_from_mapping(data), registry=registry, assessor=FakeAssessor())
+
+
+def _run(tmp_path, context: RunContext) -> dict[str, Any]:
+    image = noisy_dark_image(tmp_path / "in.png")
+    compiled = build_graph().compile(checkpointer=InMemorySaver())
+    return compiled.invoke(
+        {"input_path": str(image), "run_dir": str(tmp_path / "run")},
+        {"configurable": {"thread_id": "t"}},
+        context=context,
+    )
+
+
+def test_greedy_keeps_the_first_acceptable_candidate(tmp_path):
+    context = _context(["fake_denoise_weak", "fake_denoise"], "fake_brighten", {"name": "greedy"})
+    state = _run(tmp_path, context)
+    # The weak denoiser passes, so greedy stops there; the brightening then amplifies the leftover noise.
+    assert [a["tool"] for a in state["accepted"]] == ["fake_denoise_weak"]
+    assert [a["decision"] for a in state["attempts"]] == ["accept", "rollback"]
+    assert state["tool_calls"] == 2
+
+
+def test_best_of_k_compares_verified_candidates_and_keeps_the_best(tmp_path):
+    context = _context(["fake_denoise_weak", "fake_denoise"], "fake_brighten", {"name": "best_of_k", "k": 3})
+    state = _run(tmp_path, context)
+    assert [a["tool"] for a in state["accepted"]] == ["fake_denoise", "fake_brighten"]
+    noise_records = [a for a in state["attempts"] if a.get("target") == "noise"]
+    assert [a["decision"] for a in noise_records] == ["passed", "passed", "accept"]
+    weak, strong = noise_records[0]["score"], noise_records[1]["score"]
+    assert strong > weak
+    assert "best of 2 verified candidates" in noise_records[-1]["reason"]
+    assert state["tool_calls"] == 3
+
+
+def test_best_of_k_with_k_1_is_greedy(tmp_path):
+    context = _context(["fake_denoise_weak", "fake_denoise"], "fake_brighten", {"name": "best_of_k", "k": 1})
+    state = _run(tmp_path, context)
+    assert [a["tool"] for a in state["accepted"]] == ["fake_denoise_weak"]
+
+
+def test_greedy_cannot_recover_from_a_bad_early_choice(tmp_path):
+    context = _context(["fake_denoise_marking", "fake_denoise"], "fake_brighten_fragile", {"name": "greedy"})
+    state = _run(tmp_path, context)
+    assert [a["tool"] for a in state["accepted"]] == ["fake_denoise_marking"]
+    assert state["attempts"][-1]["decision"] == "rollback"
+
+
+def test_tree_search_backtracks_and_tries_the_next_candidate(tmp_path):
+    context = _context(
+        ["fake_denoise_marking", "fake_denoise"], "fake_brighten_fragile", {"name": "tree", "max_backtracks": 2}
+    )
+    state = _run(tmp_path, context)
+    assert [a["tool"] for a in state["accepted"]] == ["fake_denoise", "fake_brighten_fragile"]
+    decisions = [(a.get("tool"), a["decision"]) for a in state["attempts"] if "decision" in a]
+    assert ("fake_denoise_marking", "backtrack") in decisions
+    assert state["backtracks"] == 1
+    assert state["final"]["kept"] == "output"
+
+
+def test_tree_search_respects_its_backtrack_budget(tmp_path):
+    context = _context(
+        ["fake_denoise_marking", "fake_denoise"], "fake_brighten_fragile", {"name": "tree", "max_backtracks": 0}
+    )
+    state = _run(tmp_path, context)
+    assert [a["tool"] for a in state["accepted"]] == ["fake_denoise_marking"]
+    assert state["backtracks"] == 0
+
+
+def _report(**probabilities: float) -> DegradationReport:
+    estimates = {d: DegradationEstimate(probability=0.0, severity=0.0) for d in ALL_DEGRADATIONS}
+    for name, p in probabilities.items():
+        estimates[Degradation(name)] = DegradationEstimate(probability=p, severity=p)
+    return DegradationReport(assessor="test", estimates=estimates)
+
+
+def test_pairwise_prior_overrides_the_fixed_order_where_it_has_an_opinion():
+    registry = fake_registry()
+    data = fake_policy().model_dump(mode="json")
+    report = _report(noise=0.9, low_light=0.9)
+    fixed = policy_from_mapping(data)
+    assert next_step(report, [], Intent(), fixed, registry)["target"] == "noise"  # reverse physical order
+    data["order_pairwise"] = {"low_light": {"noise": 0.4}}
+    learned = policy_from_mapping(data)
+    assert learned.precedence("low_light", "noise") == 0.4
+    assert learned.precedence("noise", "low_light") == -0.4
+    assert next_step(report, [], Intent(), learned, registry)["target"] == "low_light"
+    # With a single type present the prior has nothing to say.
+    assert next_step(_report(noise=0.9), [], Intent(), learned, registry)["target"] == "noise"
+
+
+def test_pairwise_prior_names_are_checked():
+    import pytest
+
+    from policies import PolicyError
+
+    data = fake_policy().model_dump(mode="json")
+    data["order_pairwise"] = {"low_lite": {"noise": 0.4}}
+    with pytest.raises((PolicyError, ValueError), match="low_lite"):
+        policy_from_mapping(data)
+
+
+def test_fake_denoise_is_stronger_than_weak_denoise(tmp_path):
+    # Guards the premise of the best-of-k test: the two fakes really differ in effect.
+    from agent.imageio import load_image
+
+    image = load_image(noisy_dark_image(tmp_path / "in.png")).image
+    assessor = FakeAssessor()
+    weak = assessor.assess(WeakDenoise()(image, {}).image).probability(Degradation.NOISE)
+    strong = assessor.assess(FakeDenoise()(image, {}).image).probability(Degradation.NOISE)
+    assert strong < weak
