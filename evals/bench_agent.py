@@ -22,12 +22,16 @@ from typing import Any
 import numpy as np
 
 
-def build_set(shared: Path, per_combo: int, seed: int) -> list[dict[str, Any]]:
-    """The degraded images: ``per_combo`` distinct clean crops for each MiO100 combination."""
+def build_set(shared: Path, per_combo: int, seed: int, split_name: str = "evaluation") -> list[dict[str, Any]]:
+    """The degraded images: ``per_combo`` distinct clean crops for each MiO100 combination.
+
+    ``split_name`` picks the clean images: ``"evaluation"`` (LIVE1, McMaster, Set14; the benchmark) or
+    ``"calibration"`` (BSD100; for learning priors and thresholds).
+    """
     from evals.synthesis import MIO100_COMBINATIONS, clean_split, load_clean_images, synthesize
 
     split = clean_split(shared)
-    images = load_clean_images(split["evaluation"], crop=512, seed=seed)
+    images = load_clean_images(split[split_name], crop=512, seed=seed)
     needed = per_combo * len(MIO100_COMBINATIONS)
     if len(images) < needed:
         raise SystemExit(f"need {needed} clean evaluation images, found {len(images)} under {shared}")
@@ -58,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-combo", type=int, default=3)
     parser.add_argument("--seed", type=int, default=2025)
     parser.add_argument("--out", default="bench-out")
+    parser.add_argument(
+        "--strategy", choices=("greedy", "best_of_k", "tree"), default=None, help="override the policy's strategy"
+    )
     parser.add_argument("--limit", type=int, default=None, help="only the first N images (smoke test)")
     parser.add_argument("--report", default=None, help="only print the tables of an earlier results.json")
     args = parser.parse_args(argv)
@@ -79,7 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     items = build_set(shared, args.per_combo, args.seed)[: args.limit]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    context = RunContext(policy=args.policy)
+    from policies import load_policy
+
+    policy = load_policy(args.policy)
+    if args.strategy:
+        policy = policy.model_copy(update={"strategy": policy.strategy.model_copy(update={"name": args.strategy})})
+    context = RunContext(policy=policy)
     context.iqa.score(np.zeros((64, 64, 3), np.float32))  # load the metrics before timing
     rows = []
     for i, item in enumerate(tqdm(items, desc="benchmark", unit="img", file=sys.stderr)):
@@ -122,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
     (out / "results.json").write_text(json.dumps(rows, indent=2))
-    print_report(rows, args.policy)
+    print_report(rows, f"{policy.name} (strategy {policy.strategy.name})")
     return 0
 
 

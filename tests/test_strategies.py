@@ -172,3 +172,31 @@ def test_fake_denoise_is_stronger_than_weak_denoise(tmp_path):
     weak = assessor.assess(WeakDenoise()(image, {}).image).probability(Degradation.NOISE)
     strong = assessor.assess(FakeDenoise()(image, {}).image).probability(Degradation.NOISE)
     assert strong < weak
+
+
+def test_exploration_margins_and_prior_from_known_runs(tmp_path):
+    from agent.planning.explore_order import learn_prior, pairwise_margins, write_policy
+    from policies import load_policy
+
+    runs = [
+        # Mixture 1: undoing haze before rain is 1 dB better.
+        {"item": "m1", "order": ["haze", "rain"], "psnr": 21.0},
+        {"item": "m1", "order": ["rain", "haze"], "psnr": 20.0},
+        # Mixture 2: the same pair, 0.5 dB; a triple where noise first is worse by 2 dB.
+        {"item": "m2", "order": ["haze", "rain"], "psnr": 18.5},
+        {"item": "m2", "order": ["rain", "haze"], "psnr": 18.0},
+        {"item": "m3", "order": ["noise", "jpeg", "low_light"], "psnr": 17.0},
+        {"item": "m3", "order": ["jpeg", "noise", "low_light"], "psnr": 19.0},
+    ]
+    margins = pairwise_margins(runs)
+    assert margins[("haze", "rain")] == [1.0, 0.5]
+    assert margins[("jpeg", "noise")] == [2.0]
+    # jpeg and low_light kept their relative order in every run: no evidence either way.
+    assert ("jpeg", "low_light") not in margins
+    prior = learn_prior(margins, min_margin=0.6)
+    assert prior == {"haze": {"rain": 0.75}, "jpeg": {"noise": 2.0}}
+    path = write_policy("default", prior, tmp_path / "explored.yaml", ["test header"])
+    policy = load_policy(path)
+    assert policy.name == "explored"
+    assert policy.precedence("haze", "rain") == 0.75
+    assert path.read_text().startswith("# test header")
