@@ -71,7 +71,7 @@ class Task:
         """Degrade ``clean`` for held-out evaluation in ``band`` (Gaussian noise only for ``denoise``)."""
         from evals.synthesis import degrade
 
-        value = float(rng.uniform(band.low, band.high))
+        value = float(rng.uniform(min(band.low, band.high), max(band.low, band.high)))
         if self.name == "denoise":
             return degrade(clean, self.degradation, rng, sigma=value / 255.0)
         if self.name == "jpeg":
