@@ -45,6 +45,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.imageio import ImageInputError
     from agent.runner import RUN_DIR_SUFFIX, output_names, restore_image
 
+    if args.request:
+        from agent.planning.request import parse_request
+
+        intent = parse_request(args.request)
+        if intent.needs_clarification and intent.clarification is not None:
+            print(f"error: the request is unclear: {intent.clarification.question}", file=sys.stderr)
+            return EXIT_USAGE
     gathered = gather_inputs(args.inputs, recursive=args.recursive)
     if gathered is None:
         return EXIT_USAGE
@@ -158,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     from agent.perception.cli_commands import add_assess_parser
 
     add_assess_parser(sub)
+
+    from agent.chat import add_chat_parser
+
+    add_chat_parser(sub)
 
     trace = sub.add_parser("trace", help="print the steps of a run")
     trace.add_argument("run", help="run directory (OUT/<stem>.restora) or trace.json")

@@ -96,9 +96,11 @@ def plan(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
             "step": None,
             "attempts": [{"decision": "stop", "reason": f"time budget {budgets.time_budget_s}s spent"}],
         }
-    step = next_step(
-        _report(state["report"]), state.get("handled", []), Intent.from_dict(state.get("intent")), ctx.policy, ctx.tools
-    )
+    intent = Intent.from_dict(state.get("intent"))
+    if intent.needs_clarification:
+        question = intent.clarification.question if intent.clarification else "please rephrase the request"
+        return {"step": None, "attempts": [{"decision": "stop", "reason": f"request unclear: {question}"}]}
+    step = next_step(_report(state["report"]), state.get("handled", []), intent, ctx.policy, ctx.tools)
     if step is not None and not step["attempts"]:
         # No tool can restore this type under the policy: record it and move on.
         return {
@@ -169,10 +171,13 @@ def verify(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
             target, before, after, _iqa(state["iqa"]), after_iqa, fidelity, ctx.policy.thresholds, intent.protect
         )
         timings["verification"] = time.perf_counter() - start
-        verdict_accept = verdict.accept
+        # A step the user asked for in so many words (chat: "less denoising") is kept whatever the verifier
+        # thinks; its opinion is recorded.
+        verdict_accept = verdict.accept or bool(step.get("forced"))
+        reason = verdict.reason if not step.get("forced") else f"requested by the user (verifier: {verdict.reason})"
         record.update(
-            decision="accept" if verdict.accept else "retry",
-            reason=verdict.reason,
+            decision="accept" if verdict_accept else "retry",
+            reason=reason,
             checks=verdict.checks,
             report_after=after.summary(),
             iqa_after=after_iqa.values,

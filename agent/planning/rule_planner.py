@@ -7,105 +7,45 @@ found: perceive -> plan one step -> act -> verify -> plan again.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
+import logging
 from typing import Any
 
 from agent.degradations import ALL_DEGRADATIONS, Degradation, restoration_order
+from agent.planning.request import Intent
+from agent.planning.request import parse_request as _parse_request
 from agent.report import DegradationReport
 from tools.base import ToolRegistry
 
-#: Words that name each degradation in a request (v0 keyword matching; issue 6 brings a parser).
-_KEYWORDS: dict[Degradation, tuple[str, ...]] = {
-    Degradation.NOISE: ("noise", "noisy", "grain", "denoise"),
-    Degradation.MOTION_BLUR: ("motion blur", "shake", "motion"),
-    Degradation.DEFOCUS_BLUR: ("defocus", "out of focus", "bokeh", "blur", "blurry", "deblur", "sharpen"),
-    Degradation.JPEG: ("jpeg", "compression", "block", "artifact"),
-    Degradation.LOW_RESOLUTION: ("resolution", "upscale", "super-resolution", "pixelated", "upsample"),
-    Degradation.HAZE: ("haze", "hazy", "fog", "foggy", "mist", "dehaze"),
-    Degradation.RAIN: ("rain", "streak", "derain"),
-    Degradation.RAINDROP: ("raindrop", "droplet", "water drop"),
-    Degradation.LOW_LIGHT: ("dark", "low light", "low-light", "underexposed", "brighten", "exposure", "dim"),
-    Degradation.COLOR_CAST: ("colour cast", "color cast", "tint", "white balance", "colour", "color"),
-}
-_PROTECT_PATTERNS = (r"\bkeep\b", r"\bpreserve\b", r"\bdon'?t (?:touch|remove|change)\b", r"\bleave\b", r"\bnot\b")
+logger = logging.getLogger(__name__)
+
+__all__ = ["Intent", "expand_candidates", "next_step", "parse_request"]
 
 
-@dataclass
-class Intent:
-    """What a request asks: fix only some degradations, never touch others."""
+def parse_request(text: str | None, previous: Intent | None = None) -> Intent:
+    """Read a request into an :class:`Intent` (see :mod:`agent.planning.request` for the conventions).
 
-    only: list[Degradation] | None = None
-    protect: list[Degradation] = field(default_factory=list)
-    text: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form for the state and the trace."""
-        return {
-            "only": None if self.only is None else [d.value for d in self.only],
-            "protect": [d.value for d in self.protect],
-            "text": self.text,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> Intent:
-        """Inverse of :meth:`to_dict`."""
-        if not data:
-            return cls()
-        only = data.get("only")
-        return cls(
-            only=None if only is None else [Degradation(d) for d in only],
-            protect=[Degradation(d) for d in data.get("protect", [])],
-            text=data.get("text"),
-        )
-
-
-def _mentions(clause: str) -> list[Degradation]:
-    found: list[Degradation] = []
-    # Longer phrases first so "motion blur" is not also read as generic "blur".
-    taken = clause
-    for deg, words in sorted(_KEYWORDS.items(), key=lambda kv: -max(len(w) for w in kv[1])):
-        for word in sorted(words, key=len, reverse=True):
-            if re.search(rf"\b{re.escape(word)}", taken):
-                found.append(deg)
-                taken = re.sub(rf"\b{re.escape(word)}\w*", " ", taken)
-                break
-    return found
-
-
-def parse_request(text: str | None) -> Intent:
-    """Read a request into an :class:`Intent` with keyword rules (v0).
-
-    Clauses are split on "but", "and", commas; a clause with "keep"/"preserve"/"don't touch"
-    protects what it names, any other clause asks to fix what it names. "everything", "all"
-    or an empty request means: fix whatever is found.
+    ``previous`` is the intent of the previous turn, for follow-ups ("less", "undo", "skip dehazing").
+    An intent that :attr:`Intent.needs_clarification` should be answered with its question, not run.
     """
-    if not text or not text.strip():
-        return Intent()
-    lowered = text.lower()
-    fix: list[Degradation] = []
-    protect: list[Degradation] = []
-    for clause in re.split(r"\bbut\b|,|;|\band\b|\bwhile\b", lowered):
-        named = _mentions(clause)
-        if not named:
-            continue
-        if any(re.search(p, clause) for p in _PROTECT_PATTERNS):
-            protect.extend(d for d in named if d not in protect)
-        else:
-            fix.extend(d for d in named if d not in fix)
-    wants_all = bool(re.search(r"\b(all|everything|whatever)\b", lowered))
-    only = None if wants_all or not fix else [d for d in fix if d not in protect]
-    return Intent(only=only, protect=protect, text=text)
+    return _parse_request(text, previous)
 
 
 def expand_candidates(
-    policy: Any, registry: ToolRegistry, degradation: Degradation, report: DegradationReport
+    policy: Any,
+    registry: ToolRegistry,
+    degradation: Degradation,
+    report: DegradationReport,
+    intent: Intent | None = None,
 ) -> list[dict[str, Any]]:
     """The ordered attempts for one degradation: each candidate tool at each of its strengths.
 
     Parameters come from, in increasing priority: the tool's defaults, the tool's own
-    ``suggest`` from the report, and the policy's fixed params.
+    ``suggest`` from the report, the policy's fixed params, and the numbers of the request
+    ("denoise with sigma 0.06"; applied to the tools that declare such a parameter). A strength
+    from the request ("a little", or a chat's "less denoising") replaces the policy's strengths.
     """
+    from agent.planning.request import tool_params
+
     attempts: list[dict[str, Any]] = []
     # Checkpoints the user registered (`restora tools add`) come first, then the policy's candidates.
     user_tools: list[tuple[str, dict[str, Any], list[float]]] = [
@@ -117,13 +57,19 @@ def expand_candidates(
             continue
         tool = registry.get(name)
         suggested = tool.suggest(report, degradation)
-        params = {**suggested, **fixed}
-        strengths = candidate_strengths or [1.0]
+        declared = {p.name for p in tool.spec.params}
+        requested = tool_params(intent, degradation, tool.spec) if intent is not None else {}
+        wanted_strength = requested.pop("strength", None)
+        params = {**suggested, **fixed, **requested}
+        strengths = [wanted_strength] if wanted_strength is not None else (candidate_strengths or [1.0])
         for strength in strengths:
             step_params = dict(params)
-            if any(p.name == "strength" for p in tool.spec.params):
-                step_params["strength"] = strength
-            attempts.append({"tool": name, "params": tool.spec.resolve(step_params)})
+            if "strength" in declared:
+                step_params["strength"] = max(float(strength), 0.01)
+            try:
+                attempts.append({"tool": name, "params": tool.spec.resolve(step_params)})
+            except ValueError as exc:  # e.g. a number from the request outside this tool's range
+                logger.info("skipping %s for %s: %s", name, degradation.value, exc)
     return attempts[: policy.budgets.max_attempts_per_step]
 
 
@@ -157,10 +103,15 @@ def next_step(
     present = [
         d
         for d, estimate in report.estimates.items()
-        if estimate.probability >= policy.presence_threshold(d) and d.value not in handled and d not in intent.protect
+        if estimate.probability >= policy.presence_threshold(d) and d.value not in handled and intent.allows(d)
     ]
-    if intent.only is not None:
-        present = [d for d in present if d in intent.only]
+    # A degradation the request names with numbers ("upscale 2x", "deblur with sigma 2") is done even
+    # when the assessor does not find it.
+    present += [
+        d
+        for d in intent.only or []
+        if intent.params.get(d) and d not in present and d.value not in handled and intent.allows(d)
+    ]
     if not present:
         return None
     order = (
@@ -171,7 +122,7 @@ def next_step(
     rank = {d: i for i, d in enumerate(order)}
     present.sort(key=lambda d: (rank.get(d, len(rank)), -report.probability(d)))
     target = choose_first(present, policy)
-    attempts = expand_candidates(policy, registry, target, report)
+    attempts = expand_candidates(policy, registry, target, report, intent)
     estimate = report.estimates[target]
     return {
         "target": target.value,
