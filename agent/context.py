@@ -25,12 +25,16 @@ class RunContext:
         assessor: an object with ``assess(image) -> DegradationReport``; the calibrated
             estimator assessor when omitted.
         iqa_weights_dir: extra folder to look for pyiqa weight files in.
+        planner: a model planner with ``plan(image, report, request, intent) -> PlanResult`` (e.g.
+            :class:`agent.planning.vlm.VLMPlanner`); built from the policy's ``planner`` section when omitted
+            and the policy asks for one; ``None`` with a ``rule`` policy.
     """
 
     policy: Any = "default"
     registry: ToolRegistry | None = None
     assessor: Any = None
     iqa_weights_dir: str | Path | None = None
+    planner: Any = None
     _iqa: NoReferenceIQA | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -47,6 +51,8 @@ class RunContext:
         problems = validate_tools(self.policy, self.registry)
         if problems:
             raise ValueError(f"policy {self.policy.name!r} does not fit the tool catalogue: " + "; ".join(problems))
+        if self.planner is None and self.policy.planner.kind != "rule":
+            self.planner = build_model_planner(self.policy, self.registry)
         if self.assessor is None:
             from agent.perception.assessor import EstimatorAssessor
 
@@ -63,3 +69,21 @@ class RunContext:
         """The tool registry (never ``None`` after construction)."""
         assert self.registry is not None
         return self.registry
+
+
+def build_model_planner(policy: Any, registry: ToolRegistry) -> Any:
+    """The VLM planner the policy's ``planner`` section describes (loaded lazily, on its first plan)."""
+    from agent.planning.vlm import VLMPlanner
+
+    settings = policy.planner
+    options = {
+        "registry": registry,
+        "max_steps": settings.max_steps,
+        "max_image_side": settings.max_image_side,
+        "policy": policy,
+    }
+    if settings.kind == "openai":
+        return VLMPlanner.from_openai(settings.base_url, settings.model, timeout=settings.timeout_s, **options)
+    if not settings.model:
+        raise ValueError(f"policy {policy.name!r}: planner kind 'vlm' needs planner.model (hub id or local folder)")
+    return VLMPlanner(settings.model, **options)

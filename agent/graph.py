@@ -22,7 +22,7 @@ from agent import artifacts
 from agent.context import RunContext
 from agent.degradations import Degradation
 from agent.iqa import IQAScore
-from agent.planning.rule_planner import Intent, next_step, parse_request
+from agent.planning.rule_planner import Intent, expand_candidates, next_step, parse_request
 from agent.report import DegradationReport
 from agent.state import InputState, State
 from agent.verify import degradation_load, structural_fidelity, verify_final, verify_step
@@ -100,15 +100,51 @@ def plan(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
     if intent.needs_clarification:
         question = intent.clarification.question if intent.clarification else "please rephrase the request"
         return {"step": None, "attempts": [{"decision": "stop", "reason": f"request unclear: {question}"}]}
-    step = next_step(_report(state["report"]), state.get("handled", []), intent, ctx.policy, ctx.tools)
+    update: dict[str, Any] = {}
+    planned = state.get("model_plan")
+    if ctx.planner is not None and planned is None:
+        start = time.perf_counter()
+        image = artifacts.read(state["image_path"])
+        result = ctx.planner.plan(image, _report(state["report"]), state.get("request"), intent)
+        planned = list(result.steps)
+        update.update(
+            model_plan=planned,
+            planner_record=result.record.to_dict(),
+            timings={"planning": time.perf_counter() - start},
+        )
+    step = _model_step(state, planned or [], intent, ctx) if planned else None
+    if step is not None:
+        update["model_plan"] = [s for s in planned or [] if s["target"] != step["target"]]
+    else:
+        step = next_step(_report(state["report"]), state.get("handled", []), intent, ctx.policy, ctx.tools)
     if step is not None and not step["attempts"]:
         # No tool can restore this type under the policy: record it and move on.
-        return {
+        return update | {
             "step": None,
             "handled": [*state.get("handled", []), step["target"]],
             "attempts": [{"target": step["target"], "decision": "skip", "reason": "no candidate tool in policy"}],
         }
-    return {"step": step, "steps_done": state.get("steps_done", 0) + (step is not None)}
+    return update | {"step": step, "steps_done": state.get("steps_done", 0) + (step is not None)}
+
+
+def _model_step(state: State, planned: list[dict[str, Any]], intent: Intent, ctx: RunContext) -> dict[str, Any] | None:
+    """The next step of a model's plan that is still to do: its tool first, the policy's candidates as retries."""
+    handled = set(state.get("handled", []))
+    for proposal in planned:
+        target = Degradation(proposal["target"])
+        if target.value in handled or not intent.allows(target) or proposal["tool"] not in ctx.tools:
+            continue
+        tool = ctx.tools.get(proposal["tool"])
+        first = {"tool": proposal["tool"], "params": tool.spec.resolve(dict(proposal.get("params", {})))}
+        retries = expand_candidates(ctx.policy, ctx.tools, target, _report(state["report"]), intent)
+        attempts = [first, *[a for a in retries if a != first]][: ctx.policy.budgets.max_attempts_per_step]
+        return {
+            "target": target.value,
+            "attempts": attempts,
+            "attempt": 0,
+            "rationale": f"model plan: {proposal.get('rationale', '')}".strip(),
+        }
+    return None
 
 
 def act(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:

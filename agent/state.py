@@ -61,6 +61,10 @@ class State(InputState, total=False):
     """Every tool call with its metrics, decision and reason (the trace)."""
     accepted: list[dict[str, Any]]
     """Accepted steps in order, with the artifact of each intermediate image."""
+    model_plan: list[dict[str, Any]]
+    """Steps a model planner proposed and that are still to do (absent with the rule planner)."""
+    planner_record: dict[str, Any]
+    """What the model planner did: replies, validation errors, fallback and why (for the trace)."""
     frames: list[dict[str, Any]]
     """Per accepted step, what undoing it restores (image, report, handled, the step's candidates): tree strategy."""
     backtracks: int

@@ -32,6 +32,7 @@ def build_trace(state: dict[str, Any], wall_seconds: float | None, policy_name: 
         "request": state.get("request"),
         "intent": state.get("intent"),
         "policy": policy_name,
+        "planner": state.get("planner_record"),
         "input_report": state.get("input_report"),
         "input_iqa": state.get("input_iqa"),
         "attempts": state.get("attempts", []),

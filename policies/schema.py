@@ -177,6 +177,25 @@ class Strategy(_Section):
     max_backtracks: int = Field(default=2, ge=0, le=32, description="tree: undone steps per image at most")
 
 
+class PlannerSettings(_Section):
+    """Which planner proposes the steps: the rule planner, or a vision-language model checked against the catalogue."""
+
+    kind: Literal["rule", "vlm", "openai"] = Field(
+        default="rule",
+        description=(
+            "rule: reverse physical order and the candidates below; vlm: a transformers image-text model (model: hub "
+            "id or local folder); openai: an OpenAI-compatible server (base_url/model here or RESTORA_VLM_* "
+            "environment variables; the API key only from RESTORA_VLM_API_KEY). A model's plan is validated; invalid "
+            "output is retried once, then the rule planner takes over"
+        ),
+    )
+    model: str | None = Field(default=None, description="vlm: hub id or local folder; openai: the served model name")
+    base_url: str | None = Field(default=None, description="openai: server URL, e.g. http://localhost:8000/v1")
+    max_steps: int = Field(default=6, ge=1, le=20, description="most steps a model plan may hold")
+    max_image_side: int = Field(default=768, ge=64, le=4096, description="longer image side shown to the model")
+    timeout_s: float = Field(default=120.0, gt=0, description="openai: seconds per request")
+
+
 def _default_order() -> list[Degradation]:
     return restoration_order(list(ALL_DEGRADATIONS))
 
@@ -217,6 +236,7 @@ class Policy(_Section):
         ),
     )
     strategy: Strategy = Field(default_factory=Strategy)
+    planner: PlannerSettings = Field(default_factory=PlannerSettings)
     limits: Limits = Field(default_factory=Limits)
 
     @field_validator("name")

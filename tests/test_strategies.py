@@ -200,3 +200,53 @@ def test_exploration_margins_and_prior_from_known_runs(tmp_path):
     assert policy.name == "explored"
     assert policy.precedence("haze", "rain") == 0.75
     assert path.read_text().startswith("# test header")
+
+
+def _planner_context(replies: list[str]) -> RunContext:
+    import json
+
+    from agent.planning.vlm import VLMPlanner
+
+    calls = iter(replies)
+    registry = fake_registry()
+    policy = fake_policy()
+    planner = VLMPlanner(generate=lambda messages, image: next(calls), registry=registry, max_steps=4, policy=policy)
+    assert json.dumps  # keep the import used when the replies are literal strings
+    return RunContext(policy=policy, registry=registry, assessor=FakeAssessor(), planner=planner)
+
+
+def test_model_plan_decides_the_order_and_is_traced(tmp_path):
+    import json
+
+    plan = {
+        "steps": [
+            {"tool": "fake_brighten", "target": "low_light", "rationale": "too dark first"},
+            {"tool": "fake_denoise", "target": "noise", "rationale": "then the noise"},
+        ]
+    }
+    state = _run(tmp_path, _planner_context([json.dumps(plan)]))
+    # The rule planner would denoise first (reverse physical order); the model asked to brighten first.
+    assert state["attempts"][0]["tool"] == "fake_brighten"
+    # The verifier still judges the model's steps: brightening the noisy image lowered quality, so it was
+    # rolled back and the noise step of the plan came next.
+    assert state["attempts"][0]["decision"] == "rollback"
+    assert state["accepted"][0]["tool"] == "fake_denoise"
+    record = state["planner_record"]
+    assert record["fallback"] is False and "too dark first" in record["attempts"][0]["reply"]
+
+
+def test_malicious_model_output_falls_back_to_the_rule_planner(tmp_path):
+    bad = '{"steps": [{"tool": "rm -rf /", "target": "noise", "params": {"path": "../../etc/passwd"}}]}'
+    state = _run(tmp_path, _planner_context([bad, bad]))
+    assert state["planner_record"]["fallback"] is True
+    assert [a["tool"] for a in state["accepted"]][0] == "fake_denoise"
+    assert "rm -rf" not in str(state["accepted"]) and "passwd" not in str(state["accepted"])
+
+
+def test_policy_with_a_vlm_planner_needs_a_model():
+    import pytest
+
+    data = fake_policy().model_dump(mode="json")
+    data["planner"] = {"kind": "vlm"}
+    with pytest.raises(ValueError, match="planner.model"):
+        RunContext(policy=policy_from_mapping(data), registry=fake_registry(), assessor=FakeAssessor())

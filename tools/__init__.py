@@ -13,9 +13,11 @@ def default_registry() -> ToolRegistry:
     """
     global _USER_TOOLS_LOADED
     import tools.classical  # noqa: F401  (importing registers the classical tools)
+    from tools.diffusion import register as register_diffusion
     from tools.learned import register_all
 
     register_all(include_user=False)
+    register_diffusion(REGISTRY)
 
     if not _USER_TOOLS_LOADED:
         _USER_TOOLS_LOADED = True
