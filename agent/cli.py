@@ -166,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_assess_parser(sub)
 
+    from evals.cli import add_eval_parser
+
+    add_eval_parser(sub)
+
     from agent.chat import add_chat_parser
 
     add_chat_parser(sub)
