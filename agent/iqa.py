@@ -25,6 +25,9 @@ _WEIGHT_FILES: dict[str, str | None] = {
     "brisque": "brisque_svm_weights.pth",
 }
 
+#: Metrics computed here rather than by pyiqa (underwater colour/contrast measures; higher is better).
+BUILTIN_METRICS = ("uiqm", "uciqe")
+
 #: Longest side the metrics see; larger images are downscaled first so that scoring stays cheap.
 MAX_SIDE = 768
 
@@ -56,8 +59,10 @@ def find_weights(metric: str, weights_dir: str | Path | None = None) -> Path | N
 
 def metric_available(metric: str, weights_dir: str | Path | None = None) -> tuple[bool, str]:
     """Whether ``metric`` can run offline here, and why not when it cannot."""
+    if metric in BUILTIN_METRICS:
+        return True, "computed by Restora (evals.underwater_metrics)"
     if metric not in _WEIGHT_FILES:
-        return False, f"unknown metric {metric!r}; supported: {sorted(_WEIGHT_FILES)}"
+        return False, f"unknown metric {metric!r}; supported: {sorted([*_WEIGHT_FILES, *BUILTIN_METRICS])}"
     if _WEIGHT_FILES[metric] is None:
         return True, "needs no weights"
     path = find_weights(metric, weights_dir)
@@ -103,6 +108,9 @@ class NoReferenceIQA:
                 self.unavailable[name] = why
                 logger.warning("IQA metric %s unavailable: %s", name, why)
                 continue
+            if name in BUILTIN_METRICS:
+                self._metrics[name] = name
+                continue
             kwargs: dict[str, Any] = {}
             weights = find_weights(name, self.weights_dir)
             if weights is not None:
@@ -134,6 +142,12 @@ class NoReferenceIQA:
         values: dict[str, float] = {}
         lower: dict[str, bool] = {}
         for name, metric in metrics.items():
+            if name in BUILTIN_METRICS:
+                from evals import underwater_metrics
+
+                values[name] = float(getattr(underwater_metrics, name)(np.clip(image, 0.0, 1.0)))
+                lower[name] = False
+                continue
             try:
                 with torch.no_grad():
                     value = float(metric(tensor).item())

@@ -259,3 +259,20 @@ def test_validate_tools_reports_every_kind_of_problem() -> None:
     assert problems[2].startswith("candidates.noise[2].params:") and "radius" in problems[2]
     assert "does not declare that it restores rain" in problems[3]
     assert problems[4].startswith("candidates.color_cast[0].strengths:")
+
+
+def test_underwater_preset_verifies_with_underwater_measures():
+    from agent.iqa import NoReferenceIQA, metric_available
+    from policies import load_policy
+
+    policy = load_policy("underwater")
+    assert policy.iqa_metrics == ["uiqm", "uciqe"]
+    assert policy.presence_threshold("haze") == 0.0  # dehazing is always tried, kept only if it helps
+    assert metric_available("uiqm")[0] and metric_available("uciqe")[0]
+    rng = np.random.default_rng(0)
+    murky = np.clip(0.35 + 0.1 * rng.random((64, 64, 3)), 0, 1).astype(np.float32) * np.array(
+        [0.4, 0.9, 1.0], dtype=np.float32
+    )
+    score = NoReferenceIQA(policy.iqa_metrics).score(murky)
+    assert set(score.values) == {"uiqm", "uciqe"}
+    assert score.lower_better == {"uiqm": False, "uciqe": False}
