@@ -26,6 +26,7 @@ EXPECTED_TOOLS: dict[str, tuple[Degradation, ...]] = {
     "upscale_detail": (Degradation.LOW_RESOLUTION,),
     "white_balance": (Degradation.COLOR_CAST,),
     "underwater_color": (Degradation.COLOR_CAST, Degradation.HAZE),
+    "nafnet_derain": (Degradation.RAIN,),
 }
 
 
