@@ -25,16 +25,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from langchain_core.runnables import RunnableConfig
-from langgraph.checkpoint.sqlite import SqliteSaver
-
-from agent.context import RunContext
 from agent.degradations import Degradation
-from agent.graph import graph as compiled_graph
-from agent.imageio import save_image
-from agent.trace import build_trace, write_trace
+
+if TYPE_CHECKING:  # the graph, LangGraph and the tools load on first use, not when the CLI builds its parser
+    from langchain_core.runnables import RunnableConfig
+
+    from agent.context import RunContext
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +97,11 @@ class ChatSession:
         context: RunContext | None = None,
         approve: Approver | None = None,
     ) -> None:
+        from langgraph.checkpoint.sqlite import SqliteSaver
+
+        from agent.context import RunContext
+        from agent.graph import graph as compiled_graph
+
         self.image = Path(image)
         if not self.image.is_file():
             raise FileNotFoundError(f"{self.image} does not exist or is not a file")
@@ -300,10 +303,10 @@ class ChatSession:
                 turn.action = edit.action
                 old = float(record["params"].get("strength", 1.0))
                 amount = float(edit.amount or 0.5)
-                new = old * (1.0 - amount) if edit.action == "less" else min(1.0, old + (1.0 - old) * amount + 0.25)
                 if edit.action == "more" and old >= 1.0:
                     turn.message = f"{record['tool']} already ran at full strength; nothing stronger to do"
                     continue
+                new = old * (1.0 - amount) if edit.action == "less" else min(1.0, old + (1.0 - old) * amount + 0.25)
                 params = {**record["params"], "strength": round(max(new, 0.05), 3)}
                 # Later steps on the same type (re-planned after the fork) keep the user's strength too.
                 strengths = {**merged.strengths, Degradation(record["target"]): params["strength"]}
@@ -335,6 +338,7 @@ class ChatSession:
 
     def _export(self, edit: Any) -> Path:
         from agent import artifacts
+        from agent.imageio import save_image
 
         state = self._state()
         if not state.get("final"):
@@ -372,6 +376,8 @@ class ChatSession:
             out.write_bytes(Path(final["output"]).read_bytes())
             turn.output = out
         policy = getattr(self.context.policy, "name", "policy")
+        from agent.trace import build_trace, write_trace
+
         write_trace(Path(state["run_dir"]), build_trace(state, seconds, policy), state.get("input_artifact"))
 
 
@@ -462,6 +468,8 @@ def cmd_chat(args: Any, read: Callable[[str], str] = input) -> int:
     """Run the terminal conversation until EOF, ``quit`` or ``exit``."""
     image = Path(args.image)
     workdir = Path(args.workdir) if args.workdir else Path.cwd() / f"{image.stem}.chat"
+    from agent.context import RunContext
+
     context = RunContext(policy=args.policy)
     approver = _terminal_approver(read) if args.approve else None
     print(f"restora chat on {image} (session folder {workdir}); type a request, 'quit' to leave", flush=True)

@@ -109,7 +109,9 @@ class NoReferenceIQA:
                 logger.warning("IQA metric %s unavailable: %s", name, why)
                 continue
             if name in BUILTIN_METRICS:
-                self._metrics[name] = name
+                from evals import underwater_metrics
+
+                self._metrics[name] = getattr(underwater_metrics, name)
                 continue
             kwargs: dict[str, Any] = {}
             weights = find_weights(name, self.weights_dir)
@@ -143,9 +145,7 @@ class NoReferenceIQA:
         lower: dict[str, bool] = {}
         for name, metric in metrics.items():
             if name in BUILTIN_METRICS:
-                from evals import underwater_metrics
-
-                values[name] = float(getattr(underwater_metrics, name)(np.clip(image, 0.0, 1.0)))
+                values[name] = float(metric(np.clip(image, 0.0, 1.0)))
                 lower[name] = False
                 continue
             try:

@@ -203,15 +203,12 @@ def test_exploration_margins_and_prior_from_known_runs(tmp_path):
 
 
 def _planner_context(replies: list[str]) -> RunContext:
-    import json
-
     from agent.planning.vlm import VLMPlanner
 
     calls = iter(replies)
     registry = fake_registry()
     policy = fake_policy()
     planner = VLMPlanner(generate=lambda messages, image: next(calls), registry=registry, max_steps=4, policy=policy)
-    assert json.dumps  # keep the import used when the replies are literal strings
     return RunContext(policy=policy, registry=registry, assessor=FakeAssessor(), planner=planner)
 
 

@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 from agent.degradations import ALL_DEGRADATIONS, Degradation, restoration_order
-from agent.planning.request import Intent
+from agent.planning.request import Intent, tool_params
 from agent.planning.request import parse_request as _parse_request
 from agent.report import DegradationReport
 from tools.base import ToolRegistry
@@ -44,8 +44,6 @@ def expand_candidates(
     ("denoise with sigma 0.06"; applied to the tools that declare such a parameter). A strength
     from the request ("a little", or a chat's "less denoising") replaces the policy's strengths.
     """
-    from agent.planning.request import tool_params
-
     attempts: list[dict[str, Any]] = []
     # Checkpoints the user registered (`restora tools add`) come first, then the policy's candidates.
     user_tools: list[tuple[str, dict[str, Any], list[float]]] = [

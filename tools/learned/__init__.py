@@ -1,7 +1,7 @@
 """Learned restorers: small NAFNet-class models trained here, and user checkpoints loaded through spandrel.
 
-Nothing here is imported by :mod:`tools` itself; :func:`register_all` adds the learned tools to the
-process-wide registry (they fail with a clear error until their weights are trained).
+:func:`tools.default_registry` calls :func:`register_all`, which adds the learned tools to the process-wide
+registry (a tool whose weights are missing fails its step with an error naming the command that trains them).
 """
 
 from __future__ import annotations
