@@ -68,10 +68,20 @@ def degradation_load(report: DegradationReport, thresholds: Any) -> float:
     return load
 
 
-def iqa_gain(before: IQAScore, after: IQAScore) -> float | None:
-    """Mean relative NR-IQA improvement over the metrics both scores have (``None`` if none)."""
-    changes = relative_change(before, after)
-    return float(np.mean(list(changes.values()))) if changes else None
+def iqa_gain(before: IQAScore, after: IQAScore, combine: str = "mean") -> float | None:
+    """Relative NR-IQA improvement over the metrics both scores have (``None`` if none).
+
+    ``combine="mean"`` averages the metrics' relative changes; ``"min"`` takes the worst one, so a
+    gain is positive only when every metric improved.
+    """
+    changes = list(relative_change(before, after).values())
+    if not changes:
+        return None
+    if combine == "min":
+        return float(min(changes))
+    if combine != "mean":
+        raise ValueError(f"unknown iqa_combine {combine!r}: expected 'mean' or 'min'")
+    return float(np.mean(changes))
 
 
 def verify_step(
@@ -103,7 +113,7 @@ def verify_step(
     protected_rises = [
         d.value for d in (protected or []) if after.probability(d) < before.probability(d) - thresholds.max_other_rise
     ]
-    gain = iqa_gain(before_iqa, after_iqa)
+    gain = iqa_gain(before_iqa, after_iqa, thresholds.iqa_combine)
     checks: dict[str, Any] = {
         "target_probability_drop": round(prob_drop, 4),
         "target_severity_drop": round(sev_drop, 4),
@@ -152,7 +162,7 @@ def verify_final(
     """
     load_in = degradation_load(input_report, thresholds)
     load_out = degradation_load(output_report, thresholds)
-    gain = iqa_gain(input_iqa, output_iqa)
+    gain = iqa_gain(input_iqa, output_iqa, thresholds.iqa_combine)
     checks = {
         "input_load": round(load_in, 4),
         "output_load": round(load_out, 4),
@@ -160,9 +170,12 @@ def verify_final(
         "fidelity": round(fidelity, 4),
     }
     less_degraded = load_out <= load_in - thresholds.final_margin
+    load_tolerance = thresholds.final_load_tolerance
+    if load_tolerance is None:
+        load_tolerance = thresholds.min_target_drop
     better_looking = (
         thresholds.min_iqa_gain is not None and gain is not None and gain >= thresholds.min_iqa_gain
-    ) and load_out <= load_in + thresholds.min_target_drop
+    ) and load_out <= load_in + load_tolerance
     if not less_degraded and not better_looking:
         return Verdict(False, "the output does not look less degraded than the input", checks)
     tolerance = max(

@@ -18,6 +18,8 @@ UIQM = 0.0282 UICM + 0.2953 UISM + 3.5753 UIConM, on the 8-bit scale ``[0, 255]`
   used Python implementation (blocks with ``max - min = 0`` add nothing).
 
 Blocks are :data:`UIQM_BLOCK` x :data:`UIQM_BLOCK` pixels; rows and columns beyond the last whole block are left out.
+Float inputs are rounded to 8 bits first: the measures are defined on 8-bit images (UISM's ``log(max / min)``
+is discontinuous where a block minimum reaches 0), so an array and its saved 8-bit file score the same.
 
 UCIQE = 0.4680 sigma_c + 0.2745 con_l + 0.2576 mu_s in CIELab (D65, from sRGB), with L and chroma both
 divided by 100 so that every term is of order one:
@@ -55,7 +57,10 @@ def _check(image: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected an (H, W, 3) RGB image, got shape {array.shape}")
     if not np.issubdtype(array.dtype, np.floating):
         raise ValueError(f"expected a float image in [0, 1], got {array.dtype}; divide uint8 images by 255")
-    return np.clip(array.astype(np.float64), 0.0, 1.0)
+    # Both measures are defined on 8-bit images, and UISM's log(max / min) jumps when a block's minimum
+    # rounds to 0: score the 8-bit image that would be saved, not the float one, so that an image and
+    # its saved file always score the same.
+    return np.round(np.clip(array.astype(np.float64), 0.0, 1.0) * 255.0) / 255.0
 
 
 def _trimmed_mean(values: np.ndarray, trim: float = UICM_TRIM) -> float:

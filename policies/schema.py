@@ -81,6 +81,13 @@ class Thresholds(_Section):
             "denoising, deblocking and deraining, while brightening, colour and haze steps should not lose quality"
         ),
     )
+    iqa_combine: Literal["mean", "min"] = Field(
+        default="mean",
+        description=(
+            "how the relative changes of several NR-IQA metrics make one gain: their mean, or their minimum (every "
+            "metric must agree, e.g. UIQM and UCIQE, which reward different things, for the underwater preset)"
+        ),
+    )
     min_iqa_gain: float | None = Field(
         default=0.03,
         ge=0.0,
@@ -98,6 +105,15 @@ class Thresholds(_Section):
     )
     final_check: bool = Field(
         default=True, description="compare the output with the input; keep the input if not better"
+    )
+    final_load_tolerance: float | None = Field(
+        default=None,
+        ge=0.0,
+        description=(
+            "how much the degradation load may rise in an output kept for better no-reference quality (min_iqa_gain); "
+            "null: min_target_drop. The underwater preset raises it: dehazing unveils the water's colour, which its "
+            "UIQM/UCIQE judges do not count as a defect"
+        ),
     )
     final_margin: float = Field(
         default=0.0, ge=0.0, description="how much less degraded the output must look than the input to be kept"

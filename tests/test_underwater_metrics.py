@@ -88,7 +88,8 @@ def _test_images() -> list[np.ndarray]:
     rng = np.random.default_rng(3)
     images.append(underwater(procedural_image(96, 96, seed=5), rng, severity=0.7).image)
     images.append(rng.random((64, 80, 3)).astype(np.float32))
-    return images
+    # The measures are defined on 8-bit images; the references take the images as 8-bit values.
+    return [(np.round(image * 255.0) / 255.0).astype(np.float32) for image in images]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -147,6 +148,15 @@ def test_metrics_respond_to_underwater_degradation() -> None:
     grey = np.repeat(clean.mean(axis=2, keepdims=True), 3, axis=2)
     assert uciqe_components(grey)["mu_s"] == pytest.approx(0.0, abs=1e-3)
     assert uciqe(clean) > uciqe(grey)
+
+
+def test_float_image_scores_as_its_8bit_file() -> None:
+    """An array and the 8-bit file it is saved as score the same (UISM's log(max/min) is discontinuous at 0)."""
+    rng = np.random.default_rng(7)
+    image = np.clip(procedural_image(64, 64, seed=2) + 0.002 * rng.standard_normal((64, 64, 3)), 0, 1)
+    saved = (np.round(image * 255.0).astype(np.uint8)).astype(np.float32) / 255.0
+    assert uiqm(image.astype(np.float32)) == uiqm(saved)
+    assert uciqe(image.astype(np.float32)) == pytest.approx(uciqe(saved), abs=1e-6)
 
 
 def test_bad_inputs_raise() -> None:

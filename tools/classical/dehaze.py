@@ -30,6 +30,7 @@ import numpy as np
 from agent.degradations import Degradation
 from agent.report import DegradationReport
 from tools.base import STRENGTH, Param, Tool, ToolSpec, register_tool
+from tools.classical.color import clahe_luminance
 from tools.imageops import gray, guided_filter
 
 logger = logging.getLogger(__name__)
@@ -120,6 +121,14 @@ class DarkChannelDehaze(Tool):
             Param("density", "float", 0.0, 0.0, 1.0, description="estimated mean haze opacity 1-t; 0 = unknown"),
             Param("airlight", "float", 0.0, 0.0, 1.0, description="grey airlight; 0 = estimate per channel"),
             Param("radius", "int", 0, 0, 30, description="dark-channel window radius in pixels; 0 = from image size"),
+            Param(
+                "contrast",
+                "float",
+                0.0,
+                0.0,
+                1.0,
+                description="blend of a CLAHE on Lab lightness after dehazing (local contrast lost to scattering)",
+            ),
         ),
     )
 
@@ -141,7 +150,7 @@ class DarkChannelDehaze(Tool):
         """Dehaze ``image``."""
         if float(params.get("strength", 1.0)) == 0.0:
             return image
-        return dehaze(
+        clear = dehaze(
             image,
             omega=float(params.get("omega", 0.85)),
             t0=float(params.get("t0", 0.1)),
@@ -149,3 +158,8 @@ class DarkChannelDehaze(Tool):
             airlight=float(params.get("airlight", 0.0)),
             radius=int(params.get("radius", 0)),
         )
+        contrast = float(params.get("contrast", 0.0))
+        if contrast > 0.0:
+            clear = np.clip(clear, 0.0, 1.0).astype(np.float32)
+            clear = (1.0 - contrast) * clear + contrast * clahe_luminance(clear)
+        return clear
