@@ -6,6 +6,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 
 from agent.context import RunContext
@@ -200,6 +201,54 @@ def test_exploration_margins_and_prior_from_known_runs(tmp_path):
     assert policy.name == "explored"
     assert policy.precedence("haze", "rain") == 0.75
     assert path.read_text().startswith("# test header")
+
+
+def test_tool_exploration_ranks_options_per_mixture_and_writes_candidates(tmp_path):
+    from agent.planning.explore_order import (
+        candidate_options,
+        learn_candidates,
+        option_first_policy,
+        option_key,
+        option_scores,
+        write_policy,
+    )
+    from policies import load_policy
+    from tools import default_registry
+
+    base, registry = load_policy("default"), default_registry()
+    options = [option_key(o) for o in candidate_options(base, registry, Degradation.NOISE)]
+    # The policy's own options first, one strength each, then the other catalogue tools for noise.
+    assert options[:3] == ["denoise_dct@1", "denoise_dct@0.6", "denoise_nlm@1"]
+    assert "nafnet_denoise@1" in options and "structure_correct@1" not in options
+    noise_options = candidate_options(base, registry, Degradation.NOISE)
+    reordered = option_first_policy(base, Degradation.NOISE, noise_options[2], noise_options)
+    assert option_key(reordered.candidates[Degradation.NOISE][0]) == "denoise_nlm@1"
+
+    runs = [
+        # Mixture a: NLM 1 dB above the mean of the three options; mixture b: 2/3 dB above.
+        {"item": "a", "degradation": "noise", "option": "denoise_dct@1", "psnr": 20.0},
+        {"item": "a", "degradation": "noise", "option": "denoise_dct@0.6", "psnr": 19.0},
+        {"item": "a", "degradation": "noise", "option": "denoise_nlm@1", "psnr": 21.0},
+        {"item": "b", "degradation": "noise", "option": "denoise_dct@1", "psnr": 30.0},
+        {"item": "b", "degradation": "noise", "option": "denoise_dct@0.6", "psnr": 29.0},
+        {"item": "b", "degradation": "noise", "option": "denoise_nlm@1", "psnr": 30.5},
+        # A lone run has nothing to be compared with.
+        {"item": "c", "degradation": "haze", "option": "dehaze_dcp@1", "psnr": 25.0},
+    ]
+    scores = option_scores(runs)
+    assert scores["noise"]["denoise_nlm@1"] == pytest.approx([1.0, 2 / 3])
+    assert scores["noise"]["denoise_dct@0.6"] == pytest.approx([-1.0, -5 / 6])
+    assert "haze" not in scores
+    learned = learn_candidates(base, registry, scores)
+    ranked = [option_key(o) for o in candidate_options(base, registry, Degradation.NOISE)]
+    assert [c.tool for c in learned[Degradation.NOISE]][:2] == ["denoise_nlm", "denoise_dct"]
+    # Adjacent options of one tool merge back into one candidate with both strengths; unexplored ones follow.
+    assert learned[Degradation.NOISE][1].strengths == [1.0, 0.6]
+    assert len(learned[Degradation.NOISE]) == len(ranked) - 1
+    path = write_policy("default", {}, tmp_path / "explored.yaml", ["tools"], learned)
+    policy = load_policy(path)
+    assert policy.candidates[Degradation.NOISE][0].tool == "denoise_nlm"
+    assert policy.candidates[Degradation.HAZE] == base.candidates[Degradation.HAZE]
 
 
 def _planner_context(replies: list[str]) -> RunContext:

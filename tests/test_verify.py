@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from agent.degradations import ALL_DEGRADATIONS, Degradation
 from agent.iqa import IQAScore
@@ -77,3 +78,32 @@ def test_final_check_returns_input_unless_output_is_better():
     assert not same.accept
     better = verify_final(report(noise=0.9), report(noise=0.1), iqa(50), iqa(48), 0.99, THRESHOLDS, [Degradation.NOISE])
     assert better.accept
+
+
+def test_iqa_combine_min_requires_every_metric_to_improve():
+    from agent.iqa import IQAScore
+    from agent.verify import iqa_gain
+
+    before = IQAScore(values={"uiqm": 3.0, "uciqe": 0.5}, lower_better={"uiqm": False, "uciqe": False})
+    after = IQAScore(values={"uiqm": 3.6, "uciqe": 0.49}, lower_better={"uiqm": False, "uciqe": False})
+    assert iqa_gain(before, after) == pytest.approx((0.2 - 0.02) / 2)
+    assert iqa_gain(before, after, "min") == pytest.approx(-0.02)
+    with pytest.raises(ValueError, match="iqa_combine"):
+        iqa_gain(before, after, "median")
+    strict = THRESHOLDS.model_copy(update={"iqa_combine": "min", "iqa_tolerance": 0.0})
+    verdict = verify_step(Degradation.HAZE, report(haze=0.9), report(haze=0.1), before, after, 0.95, strict)
+    assert not verdict.accept and "fell" in verdict.reason
+    assert verify_step(Degradation.HAZE, report(haze=0.9), report(haze=0.1), before, after, 0.95, THRESHOLDS).accept
+
+
+def test_final_load_tolerance_lets_better_looking_output_through():
+    from agent.iqa import IQAScore
+
+    before = IQAScore(values={"uiqm": 3.0}, lower_better={"uiqm": False})
+    after = IQAScore(values={"uiqm": 3.3}, lower_better={"uiqm": False})
+    # Dehazing unveiled a colour cast: the load rose by 0.4 while quality rose 10 %.
+    unveiled = report(color_cast=0.9)
+    default = verify_final(report(color_cast=0.6), unveiled, before, after, 0.99, THRESHOLDS)
+    assert not default.accept
+    relaxed = THRESHOLDS.model_copy(update={"final_load_tolerance": 1.0})
+    assert verify_final(report(color_cast=0.6), unveiled, before, after, 0.99, relaxed).accept

@@ -11,6 +11,13 @@ mixture, the mean PSNR of the orderings that undo ``a`` before ``b`` is compared
 least ``--min-margin`` and the winning side won most mixtures. Which tool was accepted for which
 degradation is counted too. The result is written as a complete policy (the base policy plus the
 learned prior) and a JSON record of every run, so the prior is data, reproducible by one command.
+
+The second phase (``--phases tools``) explores which tools succeed: for every true degradation of a
+mixture and every option for it (each tool and strength of the policy's candidate list, plus every other
+catalogue tool that restores it and can run here, e.g. a learned restorer), the agent restores the
+mixture with that option tried first. An option's score for a degradation is its mean PSNR margin over
+the mean of all options on the same mixture; the learned candidate list puts the options in the order
+of their scores (all of them stay, as fallbacks when the verifier rejects the first).
 """
 
 from __future__ import annotations
@@ -39,6 +46,102 @@ def ordering_policy(policy: Any, first: list[Degradation]) -> Any:
     """A copy of ``policy`` whose order prior starts with ``first`` (the others keep their order)."""
     rest = [d for d in policy.order_prior if d not in first]
     return policy.model_copy(update={"order_prior": [*first, *rest], "order_pairwise": {}})
+
+
+def option_key(candidate: Any) -> str:
+    """A stable name for one candidate option: ``tool@strength`` plus its fixed parameters."""
+    params = ",".join(f"{k}={v}" for k, v in sorted(candidate.params.items()))
+    return f"{candidate.tool}@{candidate.strengths[0]:g}" + (f"[{params}]" if params else "")
+
+
+def candidate_options(policy: Any, registry: Any, degradation: Degradation) -> list[Any]:
+    """Every option worth exploring for ``degradation``, one strength each, the policy's own first.
+
+    The policy's candidates are split into one option per strength; then every other catalogue tool
+    that declares it restores ``degradation`` joins at strength 1.0, unless it is generative, a
+    correction step, or a learned tool whose weights are missing here.
+    """
+    from policies.schema import Candidate
+
+    options = [
+        Candidate(tool=c.tool, params=dict(c.params), strengths=[strength])
+        for c in policy.candidates.get(degradation, [])
+        for strength in c.strengths
+    ]
+    listed = {c.tool for c in options}
+    for spec in registry.for_degradation(degradation):
+        if spec.name in listed or spec.generative or spec.family == "correction":
+            continue
+        tool = registry.get(spec.name)
+        folder = getattr(tool, "weights_folder", None)
+        if folder is not None and not (folder() / "model.safetensors").is_file():
+            continue
+        options.append(Candidate(tool=spec.name, strengths=[1.0]))
+    unique: dict[str, Any] = {}
+    for option in options:
+        unique.setdefault(option_key(option), option)
+    return list(unique.values())
+
+
+def option_first_policy(policy: Any, degradation: Degradation, option: Any, options: list[Any]) -> Any:
+    """A copy of ``policy`` that tries ``option`` first for ``degradation``, the other options after it."""
+    rest = [o for o in options if option_key(o) != option_key(option)]
+    candidates = {**policy.candidates, degradation: [option, *rest]}
+    return policy.model_copy(update={"candidates": candidates})
+
+
+def option_scores(runs: list[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
+    """Per degradation and option, the PSNR margins over the mean of all options on the same mixture.
+
+    Args:
+        runs: records with ``item``, ``degradation``, ``option`` and ``psnr``.
+
+    Returns:
+        ``{degradation: {option: [margin per mixture]}}``.
+    """
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for run in runs:
+        groups[(run["item"], run["degradation"])].append(run)
+    scores: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for (_, degradation), group in groups.items():
+        if len(group) < 2:
+            continue
+        mean = float(np.mean([r["psnr"] for r in group]))
+        for run in group:
+            scores[degradation][run["option"]].append(run["psnr"] - mean)
+    return {d: dict(per_option) for d, per_option in scores.items()}
+
+
+def learn_candidates(
+    policy: Any, registry: Any, scores: dict[str, dict[str, list[float]]]
+) -> dict[Degradation, list[Any]]:
+    """Candidate lists ordered by explored score; degradations never explored keep the policy's list.
+
+    Consecutive options of one tool with the same fixed parameters are merged back into one candidate
+    with several strengths, so the written policy stays readable.
+    """
+    from policies.schema import Candidate
+
+    learned: dict[Degradation, list[Any]] = {}
+    for degradation, per_option in scores.items():
+        d = Degradation(degradation)
+        options = {option_key(o): o for o in candidate_options(policy, registry, d)}
+        ranked = sorted(per_option, key=lambda key: -float(np.mean(per_option[key])))
+        ranked += [key for key in options if key not in per_option]
+        merged: list[Any] = []
+        for key in ranked:
+            if key not in options:
+                continue
+            option = options[key]
+            last = merged[-1] if merged else None
+            if last is not None and last.tool == option.tool and last.params == option.params:
+                merged[-1] = Candidate(
+                    tool=last.tool, params=last.params, strengths=[*last.strengths, *option.strengths]
+                )
+            else:
+                merged.append(option)
+        learned[d] = merged
+    return learned
 
 
 def pairwise_margins(runs: list[dict[str, Any]]) -> dict[tuple[str, str], list[float]]:
@@ -128,8 +231,64 @@ def explore(shared: Path, policy_name: str, per_combo: int, seed: int, limit: in
     return runs
 
 
-def write_policy(base_name: str, prior: dict[str, dict[str, float]], out: Path, header: list[str]) -> Path:
-    """Write the base policy with ``order_pairwise`` set, as YAML with a provenance header."""
+def explore_tools(shared: Path, policy_name: str, per_combo: int, seed: int, limit: int | None = None) -> list[dict]:
+    """Run the agent once per (mixture, true degradation, option) with that option tried first."""
+    from tqdm import tqdm
+
+    from agent.context import RunContext
+    from agent.imageio import load_image, save_image
+    from agent.runner import restore_image
+    from evals.bench_agent import build_set
+    from evals.metrics import psnr
+    from policies import load_policy
+    from tools import default_registry
+
+    base = load_policy(policy_name)
+    registry = default_registry()
+    items = build_set(shared, per_combo, seed, split_name="calibration")[:limit]
+    jobs: list[tuple[int, dict[str, Any], Degradation, Any, list[Any]]] = []
+    for index, item in enumerate(items):
+        for degradation in dict.fromkeys(Degradation(name) for name, _ in item["applied"]):
+            options = candidate_options(base, registry, degradation)
+            if len(options) < 2:
+                continue
+            jobs.extend((index, item, degradation, option, options) for option in options)
+    contexts: dict[tuple[str, str], RunContext] = {}
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="restora-explore-") as tmp:
+        work = Path(tmp)
+        for index, item, degradation, option, options in tqdm(jobs, desc="explore tools", unit="run", file=sys.stderr):
+            key = (degradation.value, option_key(option))
+            if key not in contexts:
+                contexts[key] = RunContext(policy=option_first_policy(base, degradation, option, options))
+            input_path = work / f"{index:03d}.png"
+            if not input_path.exists():
+                save_image(item["degraded"], input_path)
+            result = restore_image(input_path, work / "run", contexts[key], output_path=work / "out.png")
+            assert result.output_path is not None
+            restored = load_image(result.output_path).image
+            runs.append(
+                {
+                    "item": f"{index:03d}_{item['combo']}_{Path(item['name']).stem}",
+                    "combo": item["combo"],
+                    "degradation": degradation.value,
+                    "option": key[1],
+                    "psnr": round(psnr(restored, item["clean"]), 3),
+                    "accepted": [(s["target"], s["tool"]) for s in result.trace.get("accepted", [])],
+                    "tool_calls": result.trace.get("tool_calls", 0),
+                }
+            )
+    return runs
+
+
+def write_policy(
+    base_name: str,
+    prior: dict[str, dict[str, float]],
+    out: Path,
+    header: list[str],
+    candidates: dict[Degradation, list[Any]] | None = None,
+) -> Path:
+    """Write the base policy with ``order_pairwise`` (and learned candidates) set, as YAML with a provenance header."""
     import yaml
 
     from policies import load_policy, policy_from_mapping
@@ -138,9 +297,16 @@ def write_policy(base_name: str, prior: dict[str, dict[str, float]], out: Path, 
     data["name"] = out.stem
     data["description"] = (
         f"The {base_name} policy plus a pairwise order prior learned by exploring every ordering of synthetic "
-        "mixtures (python -m agent.planning.explore_order)."
+        "mixtures"
+        + (" and candidate tools ranked by exploring each one first" if candidates else "")
+        + " (python -m agent.planning.explore_order)."
     )
     data["order_pairwise"] = prior
+    if candidates:
+        data["candidates"] = {
+            **data["candidates"],
+            **{d.value: [c.model_dump(mode="json") for c in options] for d, options in candidates.items()},
+        }
     policy_from_mapping(data)  # refuse to write something that does not load
     text = "\n".join(f"# {line}" for line in header) + "\n" + yaml.safe_dump(data, sort_keys=False)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -159,31 +325,90 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--limit", type=int, default=None, help="only the first N mixtures (smoke test)")
     parser.add_argument("--min-margin", type=float, default=0.05, help="least mean PSNR margin (dB) kept")
+    parser.add_argument(
+        "--phases", nargs="+", choices=("orders", "tools"), default=["orders", "tools"], help="what to explore"
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="policy YAML to write")
     parser.add_argument("--runs", type=Path, default=None, help="JSON record of every run (default: next to --out)")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="take the runs of a phase from an existing --runs record made with the same settings instead of rerunning",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not (args.shared / "data" / "clean").is_dir():
         print(f"error: {args.shared}/data/clean not found; pass --shared", file=sys.stderr)
         return 2
-    runs = explore(args.shared, args.policy, args.per_combo, args.seed, args.limit)
+    runs_path = args.runs or args.out.with_name(args.out.stem + "_exploration.json")
+    settings = {"policy": args.policy, "per_combo": args.per_combo, "seed": args.seed, "limit": args.limit}
+    previous: dict[str, Any] = {}
+    if args.reuse and runs_path.is_file():
+        previous = json.loads(runs_path.read_text())
+        if previous.get("settings", settings) != settings:
+            print(f"error: {runs_path} was made with {previous['settings']}, not {settings}", file=sys.stderr)
+            return 2
+
+    def phase_runs(name: str, key: str, run_phase: Any) -> list[dict[str, Any]]:
+        if name not in args.phases:
+            return []
+        if previous.get(key):
+            print(f"{name}: reusing {len(previous[key])} runs from {runs_path}", file=sys.stderr)
+            return list(previous[key])
+        return run_phase(args.shared, args.policy, args.per_combo, args.seed, args.limit)
+
+    runs = phase_runs("orders", "runs", explore)
+    tool_runs = phase_runs("tools", "tool_runs", explore_tools)
     margins = pairwise_margins(runs)
     prior = learn_prior(margins, args.min_margin)
+    scores = option_scores(tool_runs)
+    candidates = None
+    if tool_runs:
+        from policies import load_policy
+        from tools import default_registry
+
+        candidates = learn_candidates(load_policy(args.policy), default_registry(), scores)
     tools: Counter[tuple[str, str]] = Counter(tuple(step) for run in runs for step in run["accepted"])
-    header = [
-        f"Generated by: python -m agent.planning.explore_order --policy {args.policy} --per-combo {args.per_combo} "
-        f"--seed {args.seed} --min-margin {args.min_margin}",
-        f"Data: {len({r['item'] for r in runs})} MiO100 mixtures from the calibration split (BSD100), "
-        f"{len(runs)} agent runs (every ordering of each mixture's degradations).",
-        "order_pairwise[a][b]: mean PSNR-Y gain (dB) of undoing a before b, kept when >= min-margin and the",
-        "order won in >= 60 % of the mixtures where the pair met. Pair statistics (mean dB, mixtures):",
-        *[f"  {a} before {b}: {np.mean(v):+.2f} dB over {len(v)} mixtures" for (a, b), v in sorted(margins.items())],
-        "Accepted tools per degradation: "
-        + ", ".join(f"{target}:{tool} x{n}" for (target, tool), n in sorted(tools.items())),
-    ]
-    path = write_policy(args.policy, prior, args.out, header)
-    runs_path = args.runs or args.out.with_name(args.out.stem + "_exploration.json")
-    runs_path.write_text(json.dumps({"margins": {f"{a}>{b}": v for (a, b), v in margins.items()}, "runs": runs}))
+    command = (
+        f"python -m agent.planning.explore_order --policy {args.policy} --per-combo {args.per_combo} "
+        f"--seed {args.seed} --min-margin {args.min_margin} --phases {' '.join(args.phases)}"
+    )
+    header = [f"Generated by: {command}"]
+    if runs:
+        header += [
+            f"Orders: {len({r['item'] for r in runs})} MiO100 mixtures from the calibration split (BSD100), "
+            f"{len(runs)} agent runs (every ordering of each mixture's degradations).",
+            "order_pairwise[a][b]: mean PSNR-Y gain (dB) of undoing a before b, kept when >= min-margin and the",
+            "order won in >= 60 % of the mixtures where the pair met. Pair statistics (mean dB, mixtures):",
+            *[
+                f"  {a} before {b}: {np.mean(v):+.2f} dB over {len(v)} mixtures"
+                for (a, b), v in sorted(margins.items())
+            ],
+            "Accepted tools per degradation: "
+            + ", ".join(f"{target}:{tool} x{n}" for (target, tool), n in sorted(tools.items())),
+        ]
+    if tool_runs:
+        header += [
+            f"Tools: {len({r['item'] for r in tool_runs})} mixtures, {len(tool_runs)} agent runs (each option of each "
+            "true degradation tried first). Candidates are ordered by the mean PSNR-Y margin (dB) of trying the option",
+            "first over the mean of all options on the same mixture (mixtures):",
+            *[
+                f"  {d}: "
+                + ", ".join(
+                    f"{key} {np.mean(v):+.2f} ({len(v)})"
+                    for key, v in sorted(per_option.items(), key=lambda kv: -float(np.mean(kv[1])))
+                )
+                for d, per_option in sorted(scores.items())
+            ],
+        ]
+    path = write_policy(args.policy, prior, args.out, header, candidates)
+    record = {
+        "settings": settings,
+        "margins": {f"{a}>{b}": v for (a, b), v in margins.items()},
+        "runs": runs,
+        "tool_runs": tool_runs,
+    }
+    runs_path.write_text(json.dumps(record))
     print("\n".join(header))
     print(f"\nprior: {json.dumps(prior)}\nwrote {path} and {runs_path}")
     return 0
