@@ -134,6 +134,22 @@ class Candidate(_Section):
     strengths: list[float] = Field(
         default_factory=lambda: [1.0], min_length=1, description="strengths tried in order (blend with the input)"
     )
+    min_severity: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="tried only when the assessed severity is at least this"
+    )
+    max_severity: float = Field(
+        default=1.0, ge=0.0, le=1.0, description="tried only when the assessed severity is at most this"
+    )
+
+    def applies_to(self, severity: float) -> bool:
+        """Whether this candidate is meant for a degradation of the assessed ``severity``."""
+        return self.min_severity <= severity <= self.max_severity
+
+    @model_validator(mode="after")
+    def _severity_range(self) -> Candidate:
+        if self.min_severity > self.max_severity:
+            raise ValueError(f"min_severity {self.min_severity} is above max_severity {self.max_severity}")
+        return self
 
     @field_validator("tool")
     @classmethod

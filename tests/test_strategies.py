@@ -236,19 +236,63 @@ def test_tool_exploration_ranks_options_per_mixture_and_writes_candidates(tmp_pa
         {"item": "c", "degradation": "haze", "option": "dehaze_dcp@1", "psnr": 25.0},
     ]
     scores = option_scores(runs)
-    assert scores["noise"]["denoise_nlm@1"] == pytest.approx([1.0, 2 / 3])
-    assert scores["noise"]["denoise_dct@0.6"] == pytest.approx([-1.0, -5 / 6])
+    assert scores["noise"]["denoise_nlm@1"] == pytest.approx({"a": 1.0, "b": 2 / 3})
+    assert scores["noise"]["denoise_dct@0.6"] == pytest.approx({"a": -1.0, "b": -5 / 6})
     assert "haze" not in scores
     learned = learn_candidates(base, registry, scores)
-    ranked = [option_key(o) for o in candidate_options(base, registry, Degradation.NOISE)]
-    assert [c.tool for c in learned[Degradation.NOISE]][:2] == ["denoise_nlm", "denoise_dct"]
-    # Adjacent options of one tool merge back into one candidate with both strengths; unexplored ones follow.
+    # NLM beat the policy's first choice (DCT at full strength) by 0.75 dB on both mixtures: it goes first;
+    # the rest keep the policy's order, and adjacent options of one tool merge back into one candidate.
+    assert [c.tool for c in learned[Degradation.NOISE]][:3] == ["denoise_nlm", "denoise_dct", "nafnet_denoise"]
     assert learned[Degradation.NOISE][1].strengths == [1.0, 0.6]
-    assert len(learned[Degradation.NOISE]) == len(ranked) - 1
+    # A margin below min_margin leaves the policy's order alone.
+    assert learn_candidates(base, registry, scores, min_margin=1.0)[Degradation.NOISE][0].tool == "denoise_dct"
     path = write_policy("default", {}, tmp_path / "explored.yaml", ["tools"], learned)
     policy = load_policy(path)
     assert policy.candidates[Degradation.NOISE][0].tool == "denoise_nlm"
     assert policy.candidates[Degradation.HAZE] == base.candidates[Degradation.HAZE]
+
+
+def test_severity_banded_candidates_are_learned_and_planned():
+    from agent.planning.explore_order import learn_candidates
+    from agent.planning.rule_planner import expand_candidates
+    from policies import load_policy
+    from policies.schema import Candidate
+    from tools import default_registry
+
+    base, registry = load_policy("default"), default_registry()
+    # The learned denoiser wins clearly on the two heavily noisy mixtures and loses a little on the light ones.
+    heavy, light = {"h1": 3.0, "h2": 2.0}, {"l1": -0.2, "l2": -0.1}
+    scores = {
+        "noise": {
+            "denoise_dct@1": {m: 0.0 for m in [*heavy, *light]},
+            "nafnet_denoise@1": {**heavy, **light},
+        }
+    }
+    severities = {"noise": {"h1": 0.8, "h2": 0.7, "l1": 0.1, "l2": 0.2}}
+    plain = learn_candidates(base, registry, scores)[Degradation.NOISE]
+    assert plain[0].tool == "denoise_dct"  # wins on half the mixtures only: no overall promotion
+    banded = learn_candidates(base, registry, scores, severities=severities)[Degradation.NOISE]
+    assert banded[0].tool == "nafnet_denoise"
+    assert (banded[0].min_severity, banded[0].max_severity) == (0.45, 1.0)
+    assert banded[1:] == plain
+
+    policy = base.model_copy(update={"candidates": {**base.candidates, Degradation.NOISE: banded}})
+
+    def planned(severity: float) -> list[str]:
+        estimates = {d: DegradationEstimate(probability=0.0, severity=0.0) for d in ALL_DEGRADATIONS} | {
+            Degradation.NOISE: DegradationEstimate(probability=0.9, severity=severity)
+        }
+        report = DegradationReport(assessor="test", estimates=estimates)
+        return [a["tool"] for a in expand_candidates(policy, registry, Degradation.NOISE, report)]
+
+    assert planned(0.8)[0] == "nafnet_denoise"
+    assert planned(0.2)[0] == "denoise_dct" and "nafnet_denoise" not in planned(0.2)[:2]
+    # A duplicate attempt (the same tool and parameters twice) is planned once.
+    twice = [Candidate(tool="denoise_dct"), Candidate(tool="denoise_dct")]
+    policy = base.model_copy(update={"candidates": {**base.candidates, Degradation.NOISE: twice}})
+    assert planned(0.5) == ["denoise_dct"]
+    with pytest.raises(ValueError, match="min_severity"):
+        Candidate(tool="denoise_dct", min_severity=0.8, max_severity=0.2)
 
 
 def _planner_context(replies: list[str]) -> RunContext:

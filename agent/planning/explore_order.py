@@ -16,8 +16,9 @@ The second phase (``--phases tools``) explores which tools succeed: for every tr
 mixture and every option for it (each tool and strength of the policy's candidate list, plus every other
 catalogue tool that restores it and can run here, e.g. a learned restorer), the agent restores the
 mixture with that option tried first. An option's score for a degradation is its mean PSNR margin over
-the mean of all options on the same mixture; the learned candidate list puts the options in the order
-of their scores (all of them stay, as fallbacks when the verifier rejects the first).
+the mean of all options on the same mixture; an option goes ahead of the policy's first choice only
+when it beat it by at least ``--min-margin`` dB on average and on most mixtures (all options stay, as
+fallbacks when the verifier rejects the first).
 """
 
 from __future__ import annotations
@@ -90,35 +91,63 @@ def option_first_policy(policy: Any, degradation: Degradation, option: Any, opti
     return policy.model_copy(update={"candidates": candidates})
 
 
-def option_scores(runs: list[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
-    """Per degradation and option, the PSNR margins over the mean of all options on the same mixture.
+def option_scores(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per degradation, option and mixture, the PSNR margin over the mean of all options on that mixture.
 
     Args:
         runs: records with ``item``, ``degradation``, ``option`` and ``psnr``.
 
     Returns:
-        ``{degradation: {option: [margin per mixture]}}``.
+        ``{degradation: {option: {mixture: margin}}}``.
     """
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
         groups[(run["item"], run["degradation"])].append(run)
-    scores: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for (_, degradation), group in groups.items():
+    scores: dict[str, dict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+    for (item, degradation), group in groups.items():
         if len(group) < 2:
             continue
         mean = float(np.mean([r["psnr"] for r in group]))
         for run in group:
-            scores[degradation][run["option"]].append(run["psnr"] - mean)
+            scores[degradation][run["option"]][item] = run["psnr"] - mean
     return {d: dict(per_option) for d, per_option in scores.items()}
 
 
-def learn_candidates(
-    policy: Any, registry: Any, scores: dict[str, dict[str, list[float]]]
-) -> dict[Degradation, list[Any]]:
-    """Candidate lists ordered by explored score; degradations never explored keep the policy's list.
+def _promoted(
+    per_option: dict[str, dict[str, float]], incumbent: str, items: set[str], min_margin: float, min_share: float
+) -> dict[str, float]:
+    """Options that beat ``incumbent`` on ``items`` by ``min_margin`` dB on average and on ``min_share`` of them."""
+    margins: dict[str, float] = {}
+    if incumbent not in per_option:
+        return margins
+    for key, per_item in per_option.items():
+        if key == incumbent:
+            continue
+        diffs = [v - per_option[incumbent][m] for m, v in per_item.items() if m in items and m in per_option[incumbent]]
+        if diffs and np.mean(diffs) >= min_margin and np.mean([x > 0.01 for x in diffs]) >= min_share:
+            margins[key] = float(np.mean(diffs))
+    return margins
 
-    Consecutive options of one tool with the same fixed parameters are merged back into one candidate
-    with several strengths, so the written policy stays readable.
+
+def learn_candidates(
+    policy: Any,
+    registry: Any,
+    scores: dict[str, dict[str, dict[str, float]]],
+    min_margin: float = 0.05,
+    min_share: float = 0.6,
+    severities: dict[str, dict[str, float]] | None = None,
+) -> dict[Degradation, list[Any]]:
+    """Candidate lists where the evidence says so: options that beat the policy's first choice go first.
+
+    An option is promoted ahead of the policy's first option when, on the mixtures where both ran, it
+    was better by at least ``min_margin`` dB on average and better in at least ``min_share`` of them
+    (the order prior's rule); promoted options are sorted by that margin, everything else keeps the
+    policy's order (a small, noisy difference never overrides a choice made on dedicated evaluations).
+    With ``severities`` (``{degradation: {mixture: assessed severity}}``) the same rule is also applied
+    to the mixtures below and above the median severity: a band's winner, when it is not the overall
+    first choice, goes first with ``min_severity``/``max_severity`` set to that band (a learned denoiser
+    may win on heavy noise and lose on light noise). Consecutive options of one tool with the same
+    fixed parameters are merged back into one candidate with several strengths.
     """
     from policies.schema import Candidate
 
@@ -126,12 +155,13 @@ def learn_candidates(
     for degradation, per_option in scores.items():
         d = Degradation(degradation)
         options = {option_key(o): o for o in candidate_options(policy, registry, d)}
-        ranked = sorted(per_option, key=lambda key: -float(np.mean(per_option[key])))
-        ranked += [key for key in options if key not in per_option]
+        per_option = {k: v for k, v in per_option.items() if k in options}
+        incumbent = next(iter(options))
+        all_items = {m for per_item in per_option.values() for m in per_item}
+        margins = _promoted(per_option, incumbent, all_items, min_margin, min_share)
+        ranked = sorted(margins, key=lambda key: -margins[key]) + [k for k in options if k not in margins]
         merged: list[Any] = []
         for key in ranked:
-            if key not in options:
-                continue
             option = options[key]
             last = merged[-1] if merged else None
             if last is not None and last.tool == option.tool and last.params == option.params:
@@ -140,7 +170,18 @@ def learn_candidates(
                 )
             else:
                 merged.append(option)
-        learned[d] = merged
+        banded: list[Any] = []
+        severity = (severities or {}).get(degradation, {})
+        if len(severity) >= 4:
+            cut = round(float(np.median(list(severity.values()))), 2)
+            for low, high in ((0.0, cut), (cut, 1.0)):
+                items = {m for m, v in severity.items() if (v <= cut if high == cut else v > cut)}
+                band = _promoted(per_option, incumbent, items, min_margin, min_share)
+                if band:
+                    best = max(band, key=lambda key: band[key])
+                    if best != ranked[0]:
+                        banded.append(options[best].model_copy(update={"min_severity": low, "max_severity": high}))
+        learned[d] = banded + merged
     return learned
 
 
@@ -272,6 +313,15 @@ def explore_tools(shared: Path, policy_name: str, per_combo: int, seed: int, lim
                     "item": f"{index:03d}_{item['combo']}_{Path(item['name']).stem}",
                     "combo": item["combo"],
                     "degradation": degradation.value,
+                    "severity": round(
+                        float(
+                            result.trace.get("input_report", {})
+                            .get("estimates", {})
+                            .get(degradation.value, {})
+                            .get("severity", 0.0)
+                        ),
+                        4,
+                    ),
                     "option": key[1],
                     "psnr": round(psnr(restored, item["clean"]), 3),
                     "accepted": [(s["target"], s["tool"]) for s in result.trace.get("accepted", [])],
@@ -307,6 +357,12 @@ def write_policy(
             **data["candidates"],
             **{d.value: [c.model_dump(mode="json") for c in options] for d, options in candidates.items()},
         }
+    for options in data["candidates"].values():  # leave the default severity range out: readable YAML
+        for option in options:
+            if option.get("min_severity") == 0.0:
+                option.pop("min_severity")
+            if option.get("max_severity") == 1.0:
+                option.pop("max_severity")
     policy_from_mapping(data)  # refuse to write something that does not load
     text = "\n".join(f"# {line}" for line in header) + "\n" + yaml.safe_dump(data, sort_keys=False)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -367,7 +423,13 @@ def main(argv: list[str] | None = None) -> int:
         from policies import load_policy
         from tools import default_registry
 
-        candidates = learn_candidates(load_policy(args.policy), default_registry(), scores)
+        severities: dict[str, dict[str, float]] = defaultdict(dict)
+        for run in tool_runs:
+            if "severity" in run:
+                severities[run["degradation"]][run["item"]] = run["severity"]
+        candidates = learn_candidates(
+            load_policy(args.policy), default_registry(), scores, args.min_margin, severities=severities
+        )
     tools: Counter[tuple[str, str]] = Counter(tuple(step) for run in runs for step in run["accepted"])
     command = (
         f"python -m agent.planning.explore_order --policy {args.policy} --per-combo {args.per_combo} "
@@ -390,13 +452,14 @@ def main(argv: list[str] | None = None) -> int:
     if tool_runs:
         header += [
             f"Tools: {len({r['item'] for r in tool_runs})} mixtures, {len(tool_runs)} agent runs (each option of each "
-            "true degradation tried first). Candidates are ordered by the mean PSNR-Y margin (dB) of trying the option",
-            "first over the mean of all options on the same mixture (mixtures):",
+            "true degradation tried first). Mean PSNR-Y margin (dB) of trying the option first over the mean of all",
+            "options on the same mixture (mixtures); an option goes before the policy's first choice when it beat it",
+            f"by >= {args.min_margin} dB on average and on >= 60 % of the mixtures:",
             *[
                 f"  {d}: "
                 + ", ".join(
-                    f"{key} {np.mean(v):+.2f} ({len(v)})"
-                    for key, v in sorted(per_option.items(), key=lambda kv: -float(np.mean(kv[1])))
+                    f"{key} {np.mean(list(v.values())):+.2f} ({len(v)})"
+                    for key, v in sorted(per_option.items(), key=lambda kv: -float(np.mean(list(kv[1].values()))))
                 )
                 for d, per_option in sorted(scores.items())
             ],

@@ -43,13 +43,18 @@ def expand_candidates(
     ``suggest`` from the report, the policy's fixed params, and the numbers of the request
     ("denoise with sigma 0.06"; applied to the tools that declare such a parameter). A strength
     from the request ("a little", or a chat's "less denoising") replaces the policy's strengths.
+    Candidates meant for another severity range (``min_severity``/``max_severity``) are left out, and
+    an attempt identical to an earlier one is not repeated.
     """
     attempts: list[dict[str, Any]] = []
     # Checkpoints the user registered (`restora tools add`) come first, then the policy's candidates.
     user_tools: list[tuple[str, dict[str, Any], list[float]]] = [
         (s.name, {}, [1.0]) for s in registry.for_degradation(degradation) if s.family == "user"
     ]
-    policy_tools = [(c.tool, c.params, c.strengths) for c in policy.candidates_for(degradation)]
+    severity = report.severity(degradation)
+    policy_tools = [
+        (c.tool, c.params, c.strengths) for c in policy.candidates_for(degradation) if c.applies_to(severity)
+    ]
     for name, fixed, candidate_strengths in user_tools + policy_tools:
         if name not in registry:
             continue
@@ -65,9 +70,12 @@ def expand_candidates(
             if "strength" in declared:
                 step_params["strength"] = max(float(strength), 0.01)
             try:
-                attempts.append({"tool": name, "params": tool.spec.resolve(step_params)})
+                attempt = {"tool": name, "params": tool.spec.resolve(step_params)}
             except ValueError as exc:  # e.g. a number from the request outside this tool's range
                 logger.info("skipping %s for %s: %s", name, degradation.value, exc)
+                continue
+            if attempt not in attempts:  # a severity-specific candidate may repeat a general one
+                attempts.append(attempt)
     return attempts[: policy.budgets.max_attempts_per_step]
 
 
