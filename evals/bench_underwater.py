@@ -4,7 +4,8 @@
 
 Runs the agent on every image of each set's ``lq/`` folder under ``../shared/data/underwater`` (sub-folders
 included) and prints, per set, how many outputs score higher than their input in UIQM and in UCIQE
-(:mod:`evals.underwater_metrics`) and how often the agent returned the input unchanged. The full suite
+(:mod:`evals.underwater_metrics`), how often the agent returned the input unchanged, and, for sets with
+references (``gt/``), the mean PSNR change of the output against the reference. The full suite
 with baselines and reports is ``restora eval underwater``; this is the quick check of one policy.
 """
 
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     from agent.context import RunContext
     from agent.imageio import iter_inputs, load_image
     from agent.runner import restore_image
+    from evals.metrics import psnr
     from evals.underwater_metrics import uciqe, uiqm
 
     root = args.shared / "data" / "underwater"
@@ -41,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.sets:
         files = iter_inputs([root / name / "lq"], recursive=True)[0][: args.limit]
         better_uiqm = better_uciqe = kept_input = 0
+        psnr_changes: list[float] = []
         with tempfile.TemporaryDirectory(prefix="restora-uw-") as tmp:
             for path in files:
                 result = restore_image(path, Path(tmp) / "run", context)
@@ -49,10 +52,16 @@ def main(argv: list[str] | None = None) -> int:
                 better_uiqm += uiqm(after) > uiqm(before) + 1e-6
                 better_uciqe += uciqe(after) > uciqe(before) + 1e-6
                 kept_input += result.kept == "input"
+                reference = root / name / "gt" / path.relative_to(root / name / "lq")
+                if reference.is_file():  # paired sets: how far the output moved from the reference
+                    gt = load_image(reference).image
+                    if gt.shape == after.shape:
+                        psnr_changes.append(psnr(after, gt) - psnr(before, gt))
         n = max(len(files), 1)
         print(
             f"{name:<30} n={len(files):>3}  UIQM improved {better_uiqm / n:6.1%}  "
             f"UCIQE improved {better_uciqe / n:6.1%}  input returned {kept_input}"
+            + (f"  PSNR to reference {sum(psnr_changes) / len(psnr_changes):+.2f} dB" if psnr_changes else "")
         )
     return 0
 
