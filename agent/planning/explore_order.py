@@ -1,6 +1,6 @@
 """Learn the planner's pairwise order prior from exploration (AgenticIR's "experience", measured).
 
-    python -m agent.planning.explore_order [--per-combo 2] [--seed 11] [--out policies/learned.yaml]
+    python -m agent.planning.explore_order [--per-combo 4] [--seed 11] [--out policies/learned.yaml]
 
 For synthetic MiO100 mixtures made from the *calibration* images (BSD100; the benchmark's evaluation
 images are never used), the agent restores every image once for every ordering of its true
@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
     parser.add_argument("--policy", default="default", help="base policy explored and extended")
-    parser.add_argument("--per-combo", type=int, default=2, help="calibration images per MiO100 combination")
+    parser.add_argument("--per-combo", type=int, default=4, help="calibration images per MiO100 combination")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--limit", type=int, default=None, help="only the first N mixtures (smoke test)")
     parser.add_argument("--min-margin", type=float, default=0.05, help="least mean PSNR margin (dB) kept")
