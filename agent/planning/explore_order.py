@@ -113,6 +113,11 @@ def option_scores(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, f
     return {d: dict(per_option) for d, per_option in scores.items()}
 
 
+def decisive(margins: list[float], min_margin: float, min_share: float, tie: float = 0.0) -> bool:
+    """Whether per-mixture margins favour one side: mean >= ``min_margin`` and above ``tie`` on ``min_share``."""
+    return bool(margins) and bool(np.mean(margins) >= min_margin and np.mean([m > tie for m in margins]) >= min_share)
+
+
 def _promoted(
     per_option: dict[str, dict[str, float]], incumbent: str, items: set[str], min_margin: float, min_share: float
 ) -> dict[str, float]:
@@ -124,7 +129,7 @@ def _promoted(
         if key == incumbent:
             continue
         diffs = [v - per_option[incumbent][m] for m, v in per_item.items() if m in items and m in per_option[incumbent]]
-        if diffs and np.mean(diffs) >= min_margin and np.mean([x > 0.01 for x in diffs]) >= min_share:
+        if decisive(diffs, min_margin, min_share, tie=0.01):
             margins[key] = float(np.mean(diffs))
     return margins
 
@@ -220,114 +225,114 @@ def learn_prior(
     for (a, b), values in sorted(margins.items()):
         mean = float(np.mean(values))
         first, second = (a, b) if mean > 0 else (b, a)
-        wins = float(np.mean([v > 0 for v in values])) if mean > 0 else float(np.mean([v < 0 for v in values]))
-        if abs(mean) >= min_margin and wins >= min_share:
+        if decisive([v if mean > 0 else -v for v in values], min_margin, min_share):
             prior[first][second] = round(abs(mean), 3)
     return dict(prior)
 
 
-def explore(shared: Path, policy_name: str, per_combo: int, seed: int, limit: int | None = None) -> list[dict]:
-    """Run the agent on every ordering of every mixture's degradations; return one record per run."""
+def _restore_jobs(jobs: list[tuple[int, dict[str, Any], Any, Any]], desc: str) -> list[tuple[dict[str, Any], Any]]:
+    """Restore each job's mixture with its policy and score the output against the clean image.
+
+    Args:
+        jobs: ``(index, item, key, make_policy)``: the mixture's index and record from
+            :func:`evals.bench_agent.build_set`, a hashable key naming the policy variant (one
+            :class:`RunContext` per key) and a callable that builds that policy.
+        desc: progress-bar label.
+
+    Returns:
+        Per job, the record fields every exploration keeps (mixture id, combination, PSNR of the
+        input and the output, accepted steps, tool calls) and the run's result.
+    """
     from tqdm import tqdm
 
     from agent.context import RunContext
     from agent.imageio import load_image, save_image
     from agent.runner import restore_image
-    from evals.bench_agent import build_set
     from evals.metrics import psnr
+
+    contexts: dict[Any, RunContext] = {}
+    input_psnr: dict[int, float] = {}
+    out = []
+    with tempfile.TemporaryDirectory(prefix="restora-explore-") as tmp:
+        work = Path(tmp)
+        for index, item, key, make_policy in tqdm(jobs, desc=desc, unit="run", file=sys.stderr):
+            if key not in contexts:
+                contexts[key] = RunContext(policy=make_policy())
+            input_path = work / f"{index:03d}.png"
+            if index not in input_psnr:
+                save_image(item["degraded"], input_path)
+                input_psnr[index] = round(psnr(load_image(input_path).image, item["clean"]), 3)
+            result = restore_image(input_path, work / "run", contexts[key], output_path=work / "out.png")
+            assert result.output_path is not None
+            restored = load_image(result.output_path).image
+            record = {
+                "item": f"{index:03d}_{item['combo']}_{Path(item['name']).stem}",
+                "combo": item["combo"],
+                "psnr": round(psnr(restored, item["clean"]), 3),
+                "psnr_input": input_psnr[index],
+                "accepted": [(s["target"], s["tool"]) for s in result.trace.get("accepted", [])],
+                "tool_calls": result.trace.get("tool_calls", 0),
+            }
+            out.append((record, result))
+    return out
+
+
+def explore(shared: Path, policy_name: str, per_combo: int, seed: int, limit: int | None = None) -> list[dict]:
+    """Run the agent on every ordering of every mixture's degradations; return one record per run."""
+    from evals.bench_agent import build_set
     from policies import load_policy
 
     base = load_policy(policy_name)
     items = build_set(shared, per_combo, seed, split_name="calibration")[:limit]
-    jobs = []
+    jobs: list[tuple[int, dict[str, Any], Any, Any]] = []
     for index, item in enumerate(items):
         degradations = list(dict.fromkeys(Degradation(name) for name, _ in item["applied"]))
         for order in itertools.permutations(degradations):
-            jobs.append((index, item, list(order)))
-    contexts: dict[tuple[str, ...], RunContext] = {}
-    runs = []
-    with tempfile.TemporaryDirectory(prefix="restora-explore-") as tmp:
-        work = Path(tmp)
-        for index, item, order in tqdm(jobs, desc="explore orders", unit="run", file=sys.stderr):
             key = tuple(d.value for d in order)
-            if key not in contexts:
-                contexts[key] = RunContext(policy=ordering_policy(base, order))
-            input_path = work / f"{index:03d}.png"
-            if not input_path.exists():
-                save_image(item["degraded"], input_path)
-            result = restore_image(input_path, work / "run", contexts[key], output_path=work / "out.png")
-            assert result.output_path is not None
-            restored = load_image(result.output_path).image
-            runs.append(
-                {
-                    "item": f"{index:03d}_{item['combo']}_{Path(item['name']).stem}",
-                    "combo": item["combo"],
-                    "order": list(key),
-                    "psnr": round(psnr(restored, item["clean"]), 3),
-                    "psnr_input": round(psnr(load_image(input_path).image, item["clean"]), 3),
-                    "accepted": [(s["target"], s["tool"]) for s in result.trace.get("accepted", [])],
-                    "tool_calls": result.trace.get("tool_calls", 0),
-                }
-            )
-    return runs
+            jobs.append((index, item, key, lambda order=list(order): ordering_policy(base, order)))
+    return [
+        {**record, "order": list(job[2])}
+        for job, (record, _) in zip(jobs, _restore_jobs(jobs, "explore orders"), strict=True)
+    ]
 
 
 def explore_tools(shared: Path, policy_name: str, per_combo: int, seed: int, limit: int | None = None) -> list[dict]:
     """Run the agent once per (mixture, true degradation, option) with that option tried first."""
-    from tqdm import tqdm
-
-    from agent.context import RunContext
-    from agent.imageio import load_image, save_image
-    from agent.runner import restore_image
     from evals.bench_agent import build_set
-    from evals.metrics import psnr
     from policies import load_policy
     from tools import default_registry
 
     base = load_policy(policy_name)
     registry = default_registry()
     items = build_set(shared, per_combo, seed, split_name="calibration")[:limit]
-    jobs: list[tuple[int, dict[str, Any], Degradation, Any, list[Any]]] = []
+    jobs: list[tuple[int, dict[str, Any], Any, Any]] = []
     for index, item in enumerate(items):
         for degradation in dict.fromkeys(Degradation(name) for name, _ in item["applied"]):
             options = candidate_options(base, registry, degradation)
             if len(options) < 2:
                 continue
-            jobs.extend((index, item, degradation, option, options) for option in options)
-    contexts: dict[tuple[str, str], RunContext] = {}
+            for option in options:
+                key = (degradation.value, option_key(option))
+                jobs.append(
+                    (
+                        index,
+                        item,
+                        key,
+                        lambda d=degradation, o=option, opts=options: option_first_policy(base, d, o, opts),
+                    )
+                )
     runs = []
-    with tempfile.TemporaryDirectory(prefix="restora-explore-") as tmp:
-        work = Path(tmp)
-        for index, item, degradation, option, options in tqdm(jobs, desc="explore tools", unit="run", file=sys.stderr):
-            key = (degradation.value, option_key(option))
-            if key not in contexts:
-                contexts[key] = RunContext(policy=option_first_policy(base, degradation, option, options))
-            input_path = work / f"{index:03d}.png"
-            if not input_path.exists():
-                save_image(item["degraded"], input_path)
-            result = restore_image(input_path, work / "run", contexts[key], output_path=work / "out.png")
-            assert result.output_path is not None
-            restored = load_image(result.output_path).image
-            runs.append(
-                {
-                    "item": f"{index:03d}_{item['combo']}_{Path(item['name']).stem}",
-                    "combo": item["combo"],
-                    "degradation": degradation.value,
-                    "severity": round(
-                        float(
-                            result.trace.get("input_report", {})
-                            .get("estimates", {})
-                            .get(degradation.value, {})
-                            .get("severity", 0.0)
-                        ),
-                        4,
-                    ),
-                    "option": key[1],
-                    "psnr": round(psnr(restored, item["clean"]), 3),
-                    "accepted": [(s["target"], s["tool"]) for s in result.trace.get("accepted", [])],
-                    "tool_calls": result.trace.get("tool_calls", 0),
-                }
-            )
+    for job, (record, result) in zip(jobs, _restore_jobs(jobs, "explore tools"), strict=True):
+        degradation = job[2][0]
+        estimate = result.trace.get("input_report", {}).get("estimates", {}).get(degradation, {})
+        runs.append(
+            {
+                **record,
+                "degradation": degradation,
+                "severity": round(float(estimate.get("severity", 0.0)), 4),
+                "option": job[2][1],
+            }
+        )
     return runs
 
 
