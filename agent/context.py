@@ -28,6 +28,9 @@ class RunContext:
         planner: a model planner with ``plan(image, report, request, intent) -> PlanResult`` (e.g.
             :class:`agent.planning.vlm.VLMPlanner`); built from the policy's ``planner`` section when omitted
             and the policy asks for one; ``None`` with a ``rule`` policy.
+        step_scorer: optional ``f(*, target, before_image, after_image, features, record) -> float`` ranking
+            the candidates best-of-k compares, instead of the policy's score (used to learn that score
+            from reference images; never needed to run).
     """
 
     policy: Any = "default"
@@ -35,6 +38,7 @@ class RunContext:
     assessor: Any = None
     iqa_weights_dir: str | Path | None = None
     planner: Any = None
+    step_scorer: Any = None
     _iqa: NoReferenceIQA | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:

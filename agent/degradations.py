@@ -86,8 +86,9 @@ _BLURS = frozenset({Degradation.MOTION_BLUR, Degradation.DEFOCUS_BLUR, Degradati
 
 #: What removing a degradation can legitimately reveal or amplify: noise and JPEG blocks hide
 #: blur; smoothing away rain looks like blur; brightening or dehazing lifts noise and blocks
-#: out of the shadows. (Brightening also lifts the dark channel, a haze cue, but a haze step after
-#: brightening was seen to wreck an image, so that rise still counts against the step.)
+#: out of the shadows; haze flattens contrast, so the blur left under it shows once it is gone.
+#: (Brightening also lifts the dark channel, a haze cue, but a haze step after brightening was
+#: seen to wreck an image, so that rise still counts against the step.)
 #: The verifier does not hold such a rise against the step, and the
 #: planner may take a revealed type up again.
 REVEALS: dict[Degradation, frozenset[Degradation]] = {
@@ -96,7 +97,8 @@ REVEALS: dict[Degradation, frozenset[Degradation]] = {
     Degradation.RAIN: _BLURS,
     Degradation.RAINDROP: _BLURS,
     Degradation.LOW_LIGHT: frozenset({Degradation.NOISE, Degradation.JPEG, Degradation.COLOR_CAST}),
-    Degradation.HAZE: frozenset({Degradation.NOISE, Degradation.JPEG, Degradation.COLOR_CAST, Degradation.LOW_LIGHT}),
+    Degradation.HAZE: frozenset({Degradation.NOISE, Degradation.JPEG, Degradation.COLOR_CAST, Degradation.LOW_LIGHT})
+    | _BLURS,
     Degradation.COLOR_CAST: frozenset(),
     Degradation.MOTION_BLUR: frozenset(),
     Degradation.DEFOCUS_BLUR: frozenset(),

@@ -25,7 +25,7 @@ from agent.iqa import IQAScore
 from agent.planning.rule_planner import Intent, expand_candidates, next_step, parse_request
 from agent.report import DegradationReport
 from agent.state import InputState, State
-from agent.verify import degradation_load, structural_fidelity, verify_final, verify_step
+from agent.verify import step_features, structural_fidelity, verify_final, verify_step
 from tools.base import ToolError
 
 
@@ -206,6 +206,18 @@ def verify(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
         verdict = verify_step(
             target, before, after, _iqa(state["iqa"]), after_iqa, fidelity, ctx.policy.thresholds, intent.protect
         )
+        strength = float((candidate.get("params") or {}).get("strength", 1.0))
+        features = step_features(
+            target,
+            prev_image,
+            image,
+            before,
+            after,
+            verdict.checks.get("iqa_gain"),
+            fidelity,
+            ctx.policy.thresholds,
+            strength,
+        )
         timings["verification"] = time.perf_counter() - start
         # A step the user asked for in so many words (chat: "less denoising") is kept whatever the verifier
         # thinks; its opinion is recorded.
@@ -218,13 +230,13 @@ def verify(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
             report_after=after.summary(),
             iqa_after=after_iqa.values,
             artifact=candidate["path"],
+            features={name: round(value, 5) for name, value in features.items()},
         )
     out: dict[str, Any] = {"candidate": None, "timings": timings}
     strategy = ctx.policy.strategy
     passed = list(step.get("passed", []))
     if verdict_accept:
-        score = degradation_load(before, ctx.policy.thresholds) - degradation_load(after, ctx.policy.thresholds)
-        record["score"] = round(score + (record["checks"].get("iqa_gain") or 0.0), 4)
+        record["score"] = round(_step_score(ctx, target, prev_image, image, features, record), 4)
         passed.append(
             {
                 "record": record,
@@ -289,6 +301,32 @@ def verify(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
             return out
     out.update(step=None, handled=[*state.get("handled", []), target.value], attempts=[record])
     return out
+
+
+def _step_score(
+    ctx: RunContext,
+    target: Degradation,
+    before_image: Any,
+    after_image: Any,
+    features: dict[str, float],
+    record: dict[str, Any],
+) -> float:
+    """How good an accepted candidate is, for best-of-k: higher wins.
+
+    A scorer on the context (e.g. the reference-based one that learns the score) comes first; then the
+    policy's learned model of the step's PSNR gain for this target; else the verifier's score:
+    degradation-load drop plus NR-IQA gain.
+    """
+    if ctx.step_scorer is not None:
+        return float(
+            ctx.step_scorer(
+                target=target, before_image=before_image, after_image=after_image, features=features, record=record
+            )
+        )
+    model = ctx.policy.strategy.score.model_for(target)
+    if model is not None:
+        return model.predict(features)
+    return features["load_drop"] + features["iqa_gain"]
 
 
 def _accept_best(

@@ -84,6 +84,62 @@ def iqa_gain(before: IQAScore, after: IQAScore, combine: str = "mean") -> float 
     return float(np.mean(changes))
 
 
+#: Names of the features :func:`step_features` computes (the learned best-of-k score weighs these).
+STEP_FEATURES = (
+    "load_drop",
+    "target_probability_drop",
+    "target_severity_drop",
+    "target_severity_before",
+    "iqa_gain",
+    "fidelity",
+    "change_rms",
+    "detail_change",
+    "brightness_change",
+    "strength",
+)
+
+
+def _detail_energy(luma: np.ndarray) -> float:
+    """RMS of the image minus its Gaussian blur (sigma 1): the finest-scale content (edges, noise, blocks)."""
+    smooth = cv2.GaussianBlur(luma, (0, 0), 1.0, borderType=cv2.BORDER_REFLECT)
+    return float(np.sqrt(np.mean((luma - smooth) ** 2)))
+
+
+def step_features(
+    target: Degradation,
+    before_image: np.ndarray,
+    after_image: np.ndarray,
+    before: DegradationReport,
+    after: DegradationReport,
+    iqa_change: float | None,
+    fidelity: float,
+    thresholds: Any,
+    strength: float = 1.0,
+) -> dict[str, float]:
+    """What the verifier can see of one step without a reference, as named numbers (:data:`STEP_FEATURES`).
+
+    ``change_rms`` is the RMS luminance change (0-1 scale), ``detail_change`` the log ratio of the
+    finest-scale energy after vs before (negative: the step smoothed, positive: it sharpened or added
+    texture), ``brightness_change`` the mean luminance change.
+    """
+    luma_before, luma_after = gray(before_image), gray(after_image)
+    if luma_after.shape != luma_before.shape:
+        luma_after = cv2.resize(luma_after, (luma_before.shape[1], luma_before.shape[0]), interpolation=cv2.INTER_AREA)
+    detail_before, detail_after = _detail_energy(luma_before), _detail_energy(luma_after)
+    return {
+        "load_drop": degradation_load(before, thresholds) - degradation_load(after, thresholds),
+        "target_probability_drop": before.probability(target) - after.probability(target),
+        "target_severity_drop": before.severity(target) - after.severity(target),
+        "target_severity_before": before.severity(target),
+        "iqa_gain": 0.0 if iqa_change is None else float(iqa_change),
+        "fidelity": float(fidelity),
+        "change_rms": float(np.sqrt(np.mean((luma_after - luma_before) ** 2))),
+        "detail_change": float(np.log((detail_after + 1e-4) / (detail_before + 1e-4))),
+        "brightness_change": float(luma_after.mean() - luma_before.mean()),
+        "strength": float(strength),
+    }
+
+
 def verify_step(
     target: Degradation,
     before: DegradationReport,

@@ -65,6 +65,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--strategy", choices=("greedy", "best_of_k", "tree"), default=None, help="override the policy's strategy"
     )
+    parser.add_argument(
+        "--split",
+        choices=("evaluation", "calibration"),
+        default="evaluation",
+        help="clean images: the benchmark's evaluation split, or the calibration split for tuning decisions",
+    )
+    parser.add_argument("--k", type=int, default=None, help="override best_of_k's k")
+    parser.add_argument(
+        "--reference-score",
+        action="store_true",
+        help="diagnostic upper bound: best-of-k ranks candidates by their true PSNR gain (uses the clean image)",
+    )
     parser.add_argument("--limit", type=int, default=None, help="only the first N images (smoke test)")
     parser.add_argument("--report", default=None, help="only print the tables of an earlier results.json")
     args = parser.parse_args(argv)
@@ -83,19 +95,26 @@ def main(argv: list[str] | None = None) -> int:
     if not (shared / "data" / "clean").is_dir():
         print(f"error: {shared}/data/clean not found; pass --shared", file=sys.stderr)
         return 2
-    items = build_set(shared, args.per_combo, args.seed)[: args.limit]
+    items = build_set(shared, args.per_combo, args.seed, split_name=args.split)[: args.limit]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     from policies import load_policy
 
     policy = load_policy(args.policy)
-    if args.strategy:
-        policy = policy.model_copy(update={"strategy": policy.strategy.model_copy(update={"name": args.strategy})})
-    context = RunContext(policy=policy)
+    if args.strategy or args.k:
+        update = {"name": args.strategy or policy.strategy.name, "k": args.k or policy.strategy.k}
+        policy = policy.model_copy(update={"strategy": policy.strategy.model_copy(update=update)})
+    current: dict[str, np.ndarray] = {}
+
+    def reference_gain(*, target, before_image, after_image, features, record) -> float:
+        return psnr(after_image, current["clean"]) - psnr(before_image, current["clean"])
+
+    context = RunContext(policy=policy, step_scorer=reference_gain if args.reference_score else None)
     context.iqa.score(np.zeros((64, 64, 3), np.float32))  # load the metrics before timing
     rows = []
     for i, item in enumerate(tqdm(items, desc="benchmark", unit="img", file=sys.stderr)):
         stem = f"{i:03d}_{item['combo']}_{Path(item['name']).stem}"
+        current["clean"] = item["clean"]
         input_path = out / "inputs" / f"{stem}.png"
         save_image(item["degraded"], input_path)
         start = time.perf_counter()
@@ -134,7 +153,11 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
     (out / "results.json").write_text(json.dumps(rows, indent=2))
-    print_report(rows, f"{policy.name} (strategy {policy.strategy.name})")
+    label = f"{policy.name} (strategy {policy.strategy.name}"
+    if policy.strategy.name == "best_of_k":
+        score = "reference PSNR" if args.reference_score else policy.strategy.score.kind
+        label += f", k={policy.strategy.k}, score: {score}"
+    print_report(rows, label + ")")
     return 0
 
 

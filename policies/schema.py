@@ -194,6 +194,42 @@ class Limits(_Section):
         return self
 
 
+class LinearScore(_Section):
+    """A linear predictor of a step's PSNR gain (dB) from its verification features."""
+
+    intercept: float = Field(default=0.0, description="predicted gain with every feature at zero")
+    weights: dict[str, float] = Field(default_factory=dict, description="per feature name, its coefficient")
+
+    def predict(self, features: dict[str, float]) -> float:
+        """The predicted gain; a feature this model weighs but ``features`` lacks counts as 0."""
+        return self.intercept + sum(w * float(features.get(name, 0.0)) for name, w in self.weights.items())
+
+
+class StepScore(_Section):
+    """How best-of-k ranks the candidates the verifier accepted."""
+
+    kind: Literal["verifier", "learned"] = Field(
+        default="verifier",
+        description=(
+            "verifier: degradation-load drop plus NR-IQA gain; learned: a linear model of the step's PSNR gain learned "
+            "on calibration mixtures (python -m agent.planning.learn_score), per target degradation"
+        ),
+    )
+    by_target: dict[Degradation, LinearScore] = Field(
+        default_factory=dict, description="learned: the model for steps on each degradation"
+    )
+    fallback: LinearScore | None = Field(
+        default=None, description="learned: the model for degradations without their own (None: verifier score)"
+    )
+    note: str = Field(default="", description="how the model was learned and how well it ranked held-out candidates")
+
+    def model_for(self, target: Degradation) -> LinearScore | None:
+        """The learned model that ranks steps on ``target`` (``None``: use the verifier score)."""
+        if self.kind != "learned":
+            return None
+        return self.by_target.get(target, self.fallback)
+
+
 class Strategy(_Section):
     """How a step explores its candidates and whether the agent may backtrack over accepted steps."""
 
@@ -207,6 +243,7 @@ class Strategy(_Section):
     )
     k: int = Field(default=3, ge=1, le=16, description="best_of_k: accepted candidates compared per step")
     max_backtracks: int = Field(default=2, ge=0, le=32, description="tree: undone steps per image at most")
+    score: StepScore = Field(default_factory=StepScore, description="best_of_k: how the accepted candidates are ranked")
 
 
 class PlannerSettings(_Section):

@@ -239,3 +239,81 @@ def test_shipped_calibration_on_a_real_calibration_photo():
     report = assessor.assess(result.image)
     assert report.probability(Degradation.NOISE) > 0.5
     assert report.probability(Degradation.JPEG) < 0.5
+
+
+# ------------------------------------------------------------------------------------------------
+# presence network
+
+
+def _net_samples(n: int, seed: int) -> list:
+    """Toy samples: noise present iff noise_sigma > 0.05, low light iff lum_mean < 0.2 (two measurements)."""
+    from agent.perception.calibrate import Sample
+
+    rng = np.random.default_rng(seed)
+    samples = []
+    for i in range(n):
+        sigma, lum = float(rng.uniform(0.0, 0.1)), float(rng.uniform(0.05, 0.6))
+        labels = [name for name, on in (("noise", sigma > 0.05), ("low_light", lum < 0.2)) if on]
+        samples.append(
+            Sample(
+                measurements={"noise_sigma": sigma, "lum_mean": lum},
+                labels=labels,
+                applied={name: {"severity": 0.5} for name in labels},
+                preset="default",
+                kind="single" if labels else "clean",
+                image=f"photo{i % 20}",
+                held_out=False,
+            )
+        )
+    return samples
+
+
+def test_presence_net_learns_multi_label_presence_and_runs_without_torch():
+    from agent.perception.assessor import PresenceNet
+    from agent.perception.calibrate import fit_presence_net
+
+    spec = fit_presence_net(_net_samples(600, 0), max_clean_fpr=0.05, hidden=16, epochs=60)
+    document = json.loads(json.dumps(spec))  # what the calibration file stores
+    net = PresenceNet(document)
+    test = _net_samples(200, 1)
+    correct = {Degradation.NOISE: 0, Degradation.LOW_LIGHT: 0}
+    for sample in test:
+        logits = net.logits(sample.measurements)
+        for d in correct:
+            correct[d] += (logits[d] >= 0) == (d.value in sample.labels)
+    assert correct[Degradation.NOISE] / len(test) > 0.9, correct
+    assert correct[Degradation.LOW_LIGHT] / len(test) > 0.9, correct
+    with pytest.raises(KeyError, match="re-run python -m agent.perception.calibrate"):
+        net.logits({"noise_sigma": 0.1})
+    bad = dict(document, layers=document["layers"][:1])
+    with pytest.raises(ValueError, match="layer shapes"):
+        PresenceNet(bad)
+
+
+def test_presence_rule_combines_the_network_with_the_linear_models(monkeypatch, tmp_path):
+    from agent.perception.assessor import CALIBRATION_ENV
+
+    calibration = _toy_calibration()
+    types = [d.value for d in Degradation]
+    # A one-layer "network" over noise_sigma that says low light is present (logit +2) and noise absent (-2).
+    weight = [[0.0] for _ in types]
+    bias = [2.0 if name == "low_light" else -2.0 for name in types]
+    calibration["presence_net"] = {
+        "features": ["noise_sigma"],
+        "types": types,
+        "mean": [0.0],
+        "std": [1.0],
+        "layers": [{"weight": weight, "bias": bias}],
+        "thresholds": {},
+    }
+    noisy = {name: 0.0 for name in MEASUREMENTS} | {"noise_sigma": 0.1}
+    net_only = EstimatorAssessor(calibration).assess_measurements(noisy)
+    assert net_only.present() == [Degradation.LOW_LIGHT]
+    either = EstimatorAssessor(calibration | {"presence_rule": "or"}).assess_measurements(noisy)
+    assert set(either.present()) == {Degradation.LOW_LIGHT, Degradation.NOISE}
+    with pytest.raises(ValueError, match="presence_rule"):
+        EstimatorAssessor(calibration | {"presence_rule": "vote"})
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(calibration))
+    monkeypatch.setenv(CALIBRATION_ENV, str(path))
+    assert EstimatorAssessor().calibration_path == path

@@ -340,3 +340,98 @@ def test_policy_with_a_vlm_planner_needs_a_model():
     data["planner"] = {"kind": "vlm"}
     with pytest.raises(ValueError, match="planner.model"):
         RunContext(policy=policy_from_mapping(data), registry=fake_registry(), assessor=FakeAssessor())
+
+
+def test_best_of_k_ranks_by_the_policys_learned_score(tmp_path):
+    # A learned model that prefers the step that changed the image least: the weak denoiser wins, where the
+    # verifier's own score (test above) picks the strong one.
+    score = {"kind": "learned", "by_target": {"noise": {"intercept": 0.0, "weights": {"change_rms": -10.0}}}}
+    context = _context(
+        ["fake_denoise_weak", "fake_denoise"], "fake_brighten", {"name": "best_of_k", "k": 3, "score": score}
+    )
+    state = _run(tmp_path, context)
+    noise_records = [a for a in state["attempts"] if a.get("target") == "noise"]
+    assert state["accepted"][0]["tool"] == "fake_denoise_weak"
+    weak, strong = noise_records[0], noise_records[1]
+    assert weak["features"]["change_rms"] < strong["features"]["change_rms"]
+    assert weak["score"] == pytest.approx(-10.0 * weak["features"]["change_rms"], abs=1e-3)
+
+
+def test_a_context_scorer_overrides_the_policy_score(tmp_path):
+    calls = []
+
+    def prefer_second(*, target, before_image, after_image, features, record):
+        calls.append((target, record["tool"], before_image.shape == after_image.shape, sorted(features)))
+        return 1.0 if record["tool"] == "fake_denoise" else 0.0
+
+    context = _context(["fake_denoise", "fake_denoise_weak"], "fake_brighten", {"name": "best_of_k", "k": 3})
+    context.step_scorer = prefer_second
+    state = _run(tmp_path, context)
+    assert state["accepted"][0]["tool"] == "fake_denoise"
+    assert calls[0][:3] == (Degradation.NOISE, "fake_denoise", True)
+    assert "change_rms" in calls[0][3]
+
+
+def _candidate(item: str, step: int, order: int, target: str, gain: float, **features: float) -> dict[str, Any]:
+    return {
+        "item": item,
+        "step": step,
+        "order": order,
+        "target": target,
+        "tool": "t",
+        "gain": gain,
+        "verifier_score": features.pop("verifier_score", 0.0),
+        "features": features,
+    }
+
+
+def test_learned_score_recovers_a_linear_gain_and_ranks_held_out_steps_better(tmp_path):
+    from agent.planning.learn_score import MIN_GROUPS, cross_validate, fit_linear, fit_models, write_policy
+
+    rng = np.random.default_rng(0)
+    candidates = []
+    for i in range(40):
+        for order in range(3):
+            change = float(rng.uniform(0.0, 0.2))
+            drop = float(rng.uniform(0.0, 1.0))
+            # True gain rewards the drop and punishes large changes; the "verifier" prefers large changes.
+            gain = 2.0 * drop - 10.0 * change + 0.5
+            candidates.append(
+                _candidate(f"m{i}", 0, order, "noise", gain, change_rms=change, load_drop=drop, verifier_score=change)
+            )
+    model = fit_linear(candidates, ridge=1e-6)
+    assert model["weights"]["change_rms"] == pytest.approx(-10.0, rel=1e-3)
+    assert model["weights"]["load_drop"] == pytest.approx(2.0, rel=1e-3)
+    assert model["intercept"] == pytest.approx(0.5, abs=1e-3)
+    validation = cross_validate(candidates, ridge=1e-6)
+    totals = validation["totals"]
+    assert validation["steps"] == 40
+    assert totals["learned"] == pytest.approx(totals["reference"], abs=1e-6)
+    assert totals["learned"] > totals["greedy"] > totals["verifier"]
+    models = fit_models(candidates, ridge=1e-6)
+    assert set(models["by_target"]) == {"noise"} and 40 >= MIN_GROUPS
+    # Too few steps with a choice for rain: it uses the pooled model.
+    few = candidates + [_candidate("r0", 0, 0, "rain", 1.0, load_drop=1.0)]
+    assert "rain" not in fit_models(few, ridge=1e-6)["by_target"]
+
+    base = tmp_path / "base.yaml"
+    base.write_text("# provenance of the base\nname: base\n")
+    out = write_policy(str(base), models, 3, "a note", tmp_path / "scored.yaml", ["learned here"])
+    text = out.read_text()
+    assert text.startswith("# provenance of the base\n# learned here\n")
+    from policies import load_policy
+
+    policy = load_policy(out)
+    assert policy.strategy.name == "best_of_k" and policy.strategy.score.kind == "learned"
+    noise_model = policy.strategy.score.model_for(Degradation.NOISE)
+    assert noise_model is not None
+    assert noise_model.predict({"change_rms": 0.1, "load_drop": 0.5}) == pytest.approx(0.5, abs=1e-3)
+    assert policy.strategy.score.model_for(Degradation.RAIN) is policy.strategy.score.fallback
+
+
+def test_step_score_defaults_to_the_verifier():
+    from policies.schema import StepScore
+
+    assert StepScore().model_for(Degradation.NOISE) is None
+    with pytest.raises(ValueError):
+        StepScore.model_validate({"kind": "learned", "by_target": {"noise": {"weights": {}, "bias": 1.0}}})

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
 from agent.degradations import ALL_DEGRADATIONS, Degradation
 from agent.iqa import IQAScore
 from agent.report import DegradationEstimate, DegradationReport
-from agent.verify import structural_fidelity, verify_final, verify_step
+from agent.verify import STEP_FEATURES, step_features, structural_fidelity, verify_final, verify_step
 from policies import load_policy
 
 THRESHOLDS = load_policy("default").thresholds
@@ -107,3 +108,26 @@ def test_final_load_tolerance_lets_better_looking_output_through():
     assert not default.accept
     relaxed = THRESHOLDS.model_copy(update={"final_load_tolerance": 1.0})
     assert verify_final(report(color_cast=0.6), unveiled, before, after, 0.99, relaxed).accept
+
+
+def test_step_features_describe_what_a_step_did():
+    rng = np.random.default_rng(0)
+    clean = np.clip(0.5 + 0.2 * rng.standard_normal((64, 64, 3)), 0, 1).astype(np.float32)
+    noisy = np.clip(clean + 0.1 * rng.standard_normal(clean.shape), 0, 1).astype(np.float32)
+    smoothed = cv2.GaussianBlur(noisy, (0, 0), 1.5)
+    before = report(noise=0.9)
+    after = report(noise=0.2)
+    thresholds = THRESHOLDS
+    features = step_features(Degradation.NOISE, noisy, smoothed, before, after, 0.1, 0.8, thresholds, 0.6)
+    assert set(features) == set(STEP_FEATURES)
+    assert features["detail_change"] < -0.5  # smoothing removed fine-scale energy
+    assert features["change_rms"] > 0.02
+    assert features["target_probability_drop"] == pytest.approx(0.7)
+    assert features["target_severity_drop"] == pytest.approx(0.7)
+    assert features["strength"] == 0.6 and features["iqa_gain"] == 0.1
+    same = step_features(Degradation.NOISE, noisy, noisy, before, before, None, 1.0, thresholds)
+    assert same["change_rms"] == 0.0 and same["detail_change"] == pytest.approx(0.0)
+    assert same["load_drop"] == 0.0 and same["iqa_gain"] == 0.0
+    brighter = np.clip(noisy * 1.5, 0, 1)
+    brightened = step_features(Degradation.LOW_LIGHT, noisy, brighter, before, before, None, 1.0, thresholds)
+    assert brightened["brightness_change"] > 0.1

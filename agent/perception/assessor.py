@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,6 +32,9 @@ logger = logging.getLogger(__name__)
 
 #: The calibration shipped with the package (written by ``python -m agent.perception.calibrate``).
 DEFAULT_CALIBRATION = Path(__file__).with_name("estimator_calibration.json")
+
+#: Environment variable naming another calibration file for the estimator assessor.
+CALIBRATION_ENV = "RESTORA_CALIBRATION"
 
 #: Canonical parameter names per degradation and the range each value is clipped to.
 PARAM_RANGES: dict[Degradation, dict[str, tuple[float, float]]] = {
@@ -114,6 +118,59 @@ def _sigmoid(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
 
 
+#: How a calibration's presence network and per-type linear models decide presence together: the network
+#: alone, either of them (the larger threshold-shifted logit: more recall), or the mean of the two logits.
+PRESENCE_RULES = ("net", "or", "mean")
+
+
+def signed_log(values: np.ndarray) -> np.ndarray:
+    """``sign(x) * log(1 + |x|)``: tames heavy-tailed measurements while keeping their sign and order."""
+    return np.sign(values) * np.log1p(np.abs(values))
+
+
+class PresenceNet:
+    """A small multi-label MLP over all measurements: one presence logit per degradation type.
+
+    Stored in the calibration file as ``presence_net``: the measurement names, the standardisation of
+    their signed logs, the layers (ReLU between them) and, per type, the decision threshold that
+    becomes probability 0.5 (:mod:`agent.perception.calibrate` fits it).
+    """
+
+    def __init__(self, spec: Mapping[str, Any]) -> None:
+        self.features: list[str] = list(spec["features"])
+        self.types: list[Degradation] = [Degradation(name) for name in spec["types"]]
+        self.mean = np.asarray(spec["mean"], dtype=np.float64)
+        self.std = np.asarray(spec["std"], dtype=np.float64)
+        self.layers = [
+            (np.asarray(layer["weight"], dtype=np.float64), np.asarray(layer["bias"], dtype=np.float64))
+            for layer in spec["layers"]
+        ]
+        if not len(self.features) == len(self.mean) == len(self.std) or not self.layers:
+            raise ValueError("presence_net: features, mean and std differ in length, or it has no layers")
+        if self.layers[0][0].shape[1] != len(self.features) or self.layers[-1][0].shape[0] != len(self.types):
+            raise ValueError("presence_net: layer shapes do not match its features and types")
+        thresholds = spec.get("thresholds", {})
+        self.logit_shift = {
+            d: math.log(float(thresholds.get(d.value, 0.5)) / (1.0 - float(thresholds.get(d.value, 0.5))))
+            for d in self.types
+        }
+
+    def logits(self, measurements: Mapping[str, float]) -> dict[Degradation, float]:
+        """Per type, the presence logit with the type's threshold moved to 0."""
+        x = np.array([float(measurements[name]) if name in measurements else np.nan for name in self.features])
+        if np.isnan(x).any():
+            missing = [n for n, v in zip(self.features, x, strict=True) if np.isnan(v)]
+            raise KeyError(
+                f"presence_net needs measurements {missing[:5]}; re-run python -m agent.perception.calibrate"
+            )
+        h = (signed_log(x) - self.mean) / self.std
+        for i, (weight, bias) in enumerate(self.layers):
+            h = weight @ h + bias
+            if i < len(self.layers) - 1:
+                h = np.maximum(h, 0.0)
+        return {d: float(h[i]) - self.logit_shift[d] for i, d in enumerate(self.types)}
+
+
 class _TypeModel:
     """Presence, severity and parameter models of one degradation type."""
 
@@ -132,8 +189,11 @@ class _TypeModel:
                 raise ValueError(f"{degradation.value}.{name}: unknown parameter kind {entry['kind']!r}")
             self.params[name] = entry
 
-    def estimate(self, measurements: Mapping[str, float]) -> DegradationEstimate:
-        probability = _sigmoid(self.presence(measurements) - self.logit_shift)
+    def estimate(self, measurements: Mapping[str, float], logit: float | None = None) -> DegradationEstimate:
+        """Presence, severity and parameters; ``logit`` (from a :class:`PresenceNet`) replaces the linear presence."""
+        if logit is None:
+            logit = self.presence(measurements) - self.logit_shift
+        probability = _sigmoid(logit)
         severity = float(np.clip(self.severity(measurements), 0.0, 1.0))
         params = {name: self._param(name, entry, measurements) for name, entry in self.params.items()}
         return DegradationEstimate(probability=probability, severity=severity, params=params)
@@ -160,7 +220,8 @@ class EstimatorAssessor:
 
     Args:
         calibration: Path of the calibration JSON, or the already-loaded dict; ``None`` uses the
-            file shipped with the package (:data:`DEFAULT_CALIBRATION`).
+            file named by ``$RESTORA_CALIBRATION``, else the one shipped with the package
+            (:data:`DEFAULT_CALIBRATION`).
         max_pixels: Passed to :func:`~agent.perception.estimators.measure`.
 
     Raises:
@@ -174,7 +235,8 @@ class EstimatorAssessor:
             data = dict(calibration)
             self.calibration_path: Path | None = None
         else:
-            path = Path(calibration) if calibration is not None else DEFAULT_CALIBRATION
+            default = os.environ.get(CALIBRATION_ENV) or DEFAULT_CALIBRATION
+            path = Path(calibration) if calibration is not None else Path(default)
             if not path.is_file():
                 raise FileNotFoundError(
                     f"estimator calibration {path} not found; create it with "
@@ -192,6 +254,10 @@ class EstimatorAssessor:
                     f"calibration has no model for {degradation.value}; re-run python -m agent.perception.calibrate"
                 )
             self.models[degradation] = _TypeModel(degradation, models[degradation.value])
+        self.presence_net = PresenceNet(data["presence_net"]) if data.get("presence_net") else None
+        self.presence_rule = str(data.get("presence_rule", "net"))
+        if self.presence_rule not in PRESENCE_RULES:
+            raise ValueError(f"unknown presence_rule {self.presence_rule!r}; known: {', '.join(PRESENCE_RULES)}")
 
     def assess(self, image: np.ndarray) -> DegradationReport:
         """Measure ``image`` and report every degradation type (see :meth:`assess_measurements`)."""
@@ -203,5 +269,12 @@ class EstimatorAssessor:
 
     def assess_measurements(self, measurements: Mapping[str, float]) -> DegradationReport:
         """Apply the calibrated models to measurements already taken with :func:`measure`."""
-        estimates = {d: model.estimate(measurements) for d, model in self.models.items()}
+        logits: dict[Degradation, float] = {}
+        if self.presence_net is not None:
+            logits = self.presence_net.logits(measurements)
+            if self.presence_rule != "net":  # combine with the per-type linear models
+                for d, model in self.models.items():
+                    linear = model.presence(measurements) - model.logit_shift
+                    logits[d] = max(logits[d], linear) if self.presence_rule == "or" else 0.5 * (logits[d] + linear)
+        estimates = {d: model.estimate(measurements, logits.get(d)) for d, model in self.models.items()}
         return DegradationReport(assessor=self.name, estimates=estimates, measurements=dict(measurements))

@@ -33,7 +33,13 @@ from typing import Any
 import numpy as np
 
 from agent.degradations import Degradation
-from agent.perception.assessor import DEFAULT_CALIBRATION, PARAM_RANGES, EstimatorAssessor, feature_matrix
+from agent.perception.assessor import (
+    DEFAULT_CALIBRATION,
+    PARAM_RANGES,
+    PRESENCE_RULES,
+    EstimatorAssessor,
+    feature_matrix,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -487,6 +493,89 @@ def fit_models(
     return models
 
 
+def _train_net(z: np.ndarray, y: np.ndarray, hidden: int, epochs: int, seed: int) -> list[dict[str, Any]]:
+    """Train a two-hidden-layer multi-label MLP (BCE, AdamW, cosine schedule) on standardised inputs."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        nn.Linear(z.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, y.shape[1])
+    )
+    x_t, y_t = torch.tensor(z, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)
+    batch = 256
+    steps = epochs * math.ceil(len(z) / batch)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-3)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    generator = torch.Generator().manual_seed(seed)
+    loss_fn = nn.BCEWithLogitsLoss()
+    for _ in range(epochs):
+        for index in torch.randperm(len(z), generator=generator).split(batch):
+            optimizer.zero_grad()
+            loss = loss_fn(net(x_t[index]), y_t[index])
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+    linear = [m for m in net if isinstance(m, nn.Linear)]
+    return [{"weight": m.weight.detach().double().tolist(), "bias": m.bias.detach().double().tolist()} for m in linear]
+
+
+def _net_logits(layers: list[dict[str, Any]], z: np.ndarray) -> np.ndarray:
+    h = z
+    for i, layer in enumerate(layers):
+        h = h @ np.asarray(layer["weight"]).T + np.asarray(layer["bias"])
+        if i < len(layers) - 1:
+            h = np.maximum(h, 0.0)
+    return h
+
+
+def fit_presence_net(
+    train: Sequence[Sample],
+    max_clean_fpr: float = 0.02,
+    folds: int = 4,
+    seed: int = 0,
+    hidden: int = 64,
+    epochs: int = 150,
+) -> dict[str, Any]:
+    """One multi-label MLP over every measurement (signed-log, standardised) for all presence decisions.
+
+    The per-type logistic models see only each type's own cues; this network sees all of them, so it
+    can learn how one degradation masks another (darkness under noise, haze under blur). Thresholds are
+    chosen per type on out-of-fold probabilities exactly as for the linear models.
+    """
+    from agent.perception.assessor import signed_log
+
+    features = sorted(train[0].measurements)
+    types = list(Degradation)
+    x = signed_log(np.array([[float(s.measurements[f]) for f in features] for s in train], dtype=np.float64))
+    y = np.array([[d.value in s.labels for d in types] for s in train], dtype=np.float64)
+    is_clean = np.array([not s.labels for s in train])
+    photos = sorted({s.image for s in train})
+    fold_of_photo = dict(zip(photos, np.random.default_rng(seed).permutation(len(photos)) % folds, strict=True))
+    fold = np.array([fold_of_photo[s.image] for s in train])
+    out_of_fold = np.zeros_like(y)
+    for k in range(folds):
+        part = fold != k
+        mean_k, std_k = standardiser(x[part])
+        layers = _train_net((x[part] - mean_k) / std_k, y[part], hidden, epochs, seed + k)
+        out_of_fold[~part] = 1.0 / (1.0 + np.exp(-_net_logits(layers, (x[~part] - mean_k) / std_k)))
+    thresholds = {
+        d.value: choose_threshold(out_of_fold[:, i], y[:, i], is_clean, max_clean_fpr) for i, d in enumerate(types)
+    }
+    mean, std = standardiser(x)
+    layers = _train_net((x - mean) / std, y, hidden, epochs, seed)
+    return {
+        "features": features,
+        "types": [d.value for d in types],
+        "transform": "signed_log",
+        "mean": mean.tolist(),
+        "std": std.tolist(),
+        "layers": layers,
+        "thresholds": thresholds,
+        "training": {"hidden": hidden, "epochs": epochs, "folds": folds, "loss": "binary cross-entropy"},
+    }
+
+
 def _fit_params(degradation: Degradation, positives: Sequence[Sample], l2: float) -> dict[str, Any]:
     plans = PARAM_PLANS[degradation]
     out: dict[str, Any] = {}
@@ -617,8 +706,13 @@ def calibrate(
     workers: int | None = None,
     cache: Path | None = None,
     max_clean_fpr: float = 0.02,
+    presence: str = "linear",
 ) -> dict[str, Any]:
     """Build the synthetic set, fit, evaluate on the held-out photos and write the calibration JSON.
+
+    ``presence`` is ``"linear"`` (per-type logistic models only) or a rule of
+    :data:`~agent.perception.assessor.PRESENCE_RULES` (``"net"``, ``"or"``, ``"mean"``): the multi-label
+    presence network (:func:`fit_presence_net`) is added and decides presence alone or with the linear models.
 
     Returns:
         The JSON document that was written.
@@ -634,6 +728,9 @@ def calibrate(
     held_out = [s for s in dataset if s.held_out]
     models = fit_models(train, max_clean_fpr=max_clean_fpr, seed=seed)
     document: dict[str, Any] = {"version": 1, "models": models}
+    if presence != "linear":
+        document["presence_net"] = fit_presence_net(train, max_clean_fpr=max_clean_fpr, seed=seed)
+        document["presence_rule"] = presence
     assessor = EstimatorAssessor(document)
     scores = evaluate(assessor, held_out)
     train_scores = evaluate(assessor, train)
@@ -674,9 +771,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     parser.add_argument("--cache", type=Path, default=None, help="reuse / store the measured samples here (JSON)")
     parser.add_argument("--max-clean-fpr", type=float, default=0.02, help="clean false-positive cap when fitting")
+    parser.add_argument(
+        "--presence",
+        choices=("linear", *PRESENCE_RULES),
+        default="linear",
+        help=(
+            "linear: per-type logistic models decide presence (default); net: one multi-label MLP over all "
+            "measurements; or / mean: the MLP and the linear models together (either one / mean logit)"
+        ),
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    calibrate(args.shared, args.samples, args.out, args.seed, args.workers, args.cache, args.max_clean_fpr)
+    calibrate(
+        args.shared, args.samples, args.out, args.seed, args.workers, args.cache, args.max_clean_fpr, args.presence
+    )
     return 0
 
 
