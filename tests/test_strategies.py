@@ -435,3 +435,46 @@ def test_step_score_defaults_to_the_verifier():
     assert StepScore().model_for(Degradation.NOISE) is None
     with pytest.raises(ValueError):
         StepScore.model_validate({"kind": "learned", "by_target": {"noise": {"weights": {}, "bias": 1.0}}})
+
+
+def test_threshold_exploration_learns_decisive_thresholds_and_writes_them(tmp_path):
+    from agent.planning.explore_order import learn_thresholds, threshold_margins, threshold_policy, write_policy
+    from policies import load_policy
+
+    base = load_policy("default")
+    lowered = threshold_policy(base, Degradation.LOW_LIGHT, 0.2)
+    assert lowered.thresholds.presence_for(Degradation.LOW_LIGHT) == 0.2
+    assert base.thresholds.presence_for(Degradation.LOW_LIGHT) == base.thresholds.presence_threshold
+    assert lowered.thresholds.presence_for(Degradation.HAZE) == base.thresholds.presence_for(Degradation.HAZE)
+
+    def run(item: str, degradation: str, threshold: float | None, psnr: float) -> dict[str, Any]:
+        return {"item": item, "degradation": degradation, "threshold": threshold, "psnr": psnr}
+
+    runs = [run(f"m{i}", "policy", None, 20.0) for i in range(4)]
+    # low_light at 0.2: one mixture +8 dB, one -0.3 dB, two untouched -> taken (mean +1.925, 1 of 2 changed improved).
+    runs += [run("m0", "low_light", 0.2, 28.0), run("m1", "low_light", 0.2, 19.7)]
+    runs += [run("m2", "low_light", 0.2, 20.0), run("m3", "low_light", 0.2, 20.0)]
+    # low_light at 0.1: the same win but three losses -> refused although its mean is positive.
+    runs += [run("m0", "low_light", 0.1, 28.0)] + [run(f"m{i}", "low_light", 0.1, 19.0) for i in (1, 2, 3)]
+    # noise at 0.3: a tiny mean gain -> refused.
+    runs += [run(f"m{i}", "noise", 0.3, 20.02) for i in range(4)]
+    margins = threshold_margins(runs)
+    assert margins["low_light"][0.2] == {"m0": 8.0, "m1": pytest.approx(-0.3), "m2": 0.0, "m3": 0.0}
+    assert learn_thresholds(margins, min_margin=0.05) == {"low_light": 0.2}
+    path = write_policy("default", {}, tmp_path / "explored.yaml", ["header"], thresholds={"low_light": 0.2})
+    policy = load_policy(path)
+    assert policy.thresholds.presence_for(Degradation.LOW_LIGHT) == 0.2
+    assert policy.thresholds.presence_for(Degradation.HAZE) == base.thresholds.presence_for(Degradation.HAZE)
+
+
+def test_parallel_exploration_keeps_the_job_order(monkeypatch):
+    from agent.planning import explore_order
+
+    def fake_restore(jobs, desc):
+        return [({"index": job[0], "key": job[2]}, None) for job in jobs]
+
+    monkeypatch.setattr(explore_order, "_restore_jobs", fake_restore)
+    jobs = [(i, {}, ("k", i % 3), None) for i in range(7)]
+    results = explore_order._restore_jobs_parallel(jobs, "test", workers=2)
+    assert [record["index"] for record, _ in results] == list(range(7))
+    assert explore_order._restore_jobs_parallel(jobs, "test", workers=1) == results

@@ -24,6 +24,7 @@ fallbacks when the verifier rejects the first).
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import logging
@@ -277,6 +278,115 @@ def _restore_jobs(jobs: list[tuple[int, dict[str, Any], Any, Any]], desc: str) -
     return out
 
 
+#: Presence thresholds tried per degradation by the threshold phase (besides the policy's own).
+THRESHOLD_GRID = (0.1, 0.2, 0.3, 0.4)
+
+
+def threshold_policy(policy: Any, degradation: Degradation, value: float) -> Any:
+    """A copy of ``policy`` that plans (and verifies) ``degradation`` from presence probability ``value``."""
+    by_type = {**policy.thresholds.presence_threshold_by_type, degradation: value}
+    thresholds = policy.thresholds.model_copy(update={"presence_threshold_by_type": by_type})
+    return policy.model_copy(update={"thresholds": thresholds})
+
+
+def explore_thresholds(
+    shared: Path,
+    policy_name: str,
+    per_combo: int,
+    seed: int,
+    limit: int | None = None,
+    grid: tuple[float, ...] = THRESHOLD_GRID,
+    workers: int = 1,
+) -> list[dict]:
+    """Run the agent once with the policy's thresholds and once per (degradation, other threshold value)."""
+    from evals.bench_agent import build_set
+    from policies import load_policy
+
+    base = load_policy(policy_name)
+    items = build_set(shared, per_combo, seed, split_name="calibration")[:limit]
+    variants: list[tuple[str, float | None]] = [("policy", None)]
+    for degradation in Degradation:
+        current = base.thresholds.presence_for(degradation)
+        variants += [(degradation.value, value) for value in grid if abs(value - current) > 1e-9]
+    jobs: list[tuple[int, dict[str, Any], Any, Any]] = []
+    for name, value in variants:
+        for index, item in enumerate(items):
+            make = functools.partial(_variant_policy, base, name, value)
+            jobs.append((index, item, (name, value), make))
+    results = _restore_jobs_parallel(jobs, "explore thresholds", workers)
+    return [
+        {**record, "degradation": job[2][0], "threshold": job[2][1]}
+        for job, (record, _) in zip(jobs, results, strict=True)
+    ]
+
+
+def _variant_policy(base: Any, name: str, value: float | None) -> Any:
+    return base if value is None else threshold_policy(base, Degradation(name), value)
+
+
+def threshold_margins(runs: list[dict[str, Any]]) -> dict[str, dict[float, dict[str, float]]]:
+    """Per degradation and threshold value, the per-mixture PSNR margin over the policy's own thresholds."""
+    base = {r["item"]: r["psnr"] for r in runs if r["threshold"] is None}
+    margins: dict[str, dict[float, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+    for run in runs:
+        if run["threshold"] is not None and run["item"] in base:
+            margins[run["degradation"]][run["threshold"]][run["item"]] = run["psnr"] - base[run["item"]]
+    return {d: dict(per_value) for d, per_value in margins.items()}
+
+
+def learn_thresholds(
+    margins: dict[str, dict[float, dict[str, float]]], min_margin: float = 0.05, tie: float = 0.01
+) -> dict[str, float]:
+    """Per degradation, the threshold value that raised the mean PSNR most, where it did so decisively.
+
+    A value is taken when its mean margin over the policy's threshold is at least ``min_margin`` dB and,
+    among the mixtures it changed by more than ``tie`` dB, it improved at least as many as it worsened
+    (most mixtures are untouched by a threshold, so the share is counted over the changed ones).
+    """
+    learned: dict[str, float] = {}
+    for degradation, per_value in sorted(margins.items()):
+        best, best_mean = None, min_margin
+        for value, per_item in sorted(per_value.items()):
+            values = list(per_item.values())
+            changed = [v for v in values if abs(v) > tie]
+            mean = float(np.mean(values)) if values else 0.0
+            if changed and mean >= best_mean and np.mean([v > 0 for v in changed]) >= 0.5:
+                best, best_mean = value, mean
+        if best is not None:
+            learned[degradation] = best
+    return learned
+
+
+def _run_chunk(index: int) -> list[tuple[dict[str, Any], Any]]:
+    """Worker of :func:`_restore_jobs_parallel` (the jobs are inherited from the parent through fork)."""
+    import torch
+
+    torch.set_num_threads(1)
+    return _restore_jobs(_FORKED_JOBS[index], f"worker {index}")
+
+
+_FORKED_JOBS: list[list[tuple[int, dict[str, Any], Any, Any]]] = []
+
+
+def _restore_jobs_parallel(
+    jobs: list[tuple[int, dict[str, Any], Any, Any]], desc: str, workers: int
+) -> list[tuple[dict[str, Any], Any]]:
+    """:func:`_restore_jobs` over ``workers`` forked processes (POSIX), results in job order."""
+    import multiprocessing as mp
+
+    if workers <= 1 or "fork" not in mp.get_all_start_methods():
+        return _restore_jobs(jobs, desc)
+    global _FORKED_JOBS
+    _FORKED_JOBS = [jobs[i::workers] for i in range(workers)]
+    with mp.get_context("fork").Pool(workers) as pool:
+        parts = pool.map(_run_chunk, range(workers))
+    _FORKED_JOBS = []
+    ordered: list[tuple[dict[str, Any], Any]] = [None] * len(jobs)  # type: ignore[list-item]
+    for i, part in enumerate(parts):
+        ordered[i::workers] = part
+    return ordered
+
+
 def explore(shared: Path, policy_name: str, per_combo: int, seed: int, limit: int | None = None) -> list[dict]:
     """Run the agent on every ordering of every mixture's degradations; return one record per run."""
     from evals.bench_agent import build_set
@@ -342,8 +452,12 @@ def write_policy(
     out: Path,
     header: list[str],
     candidates: dict[Degradation, list[Any]] | None = None,
+    thresholds: dict[str, float] | None = None,
 ) -> Path:
-    """Write the base policy with ``order_pairwise`` (and learned candidates) set, as YAML with a provenance header."""
+    """Write the base policy with ``order_pairwise`` (and learned candidates and presence thresholds) set.
+
+    The result is YAML with a provenance header.
+    """
     import yaml
 
     from policies import load_policy, policy_from_mapping
@@ -354,6 +468,7 @@ def write_policy(
         f"The {base_name} policy plus a pairwise order prior learned by exploring every ordering of synthetic "
         "mixtures"
         + (" and candidate tools ranked by exploring each one first" if candidates else "")
+        + (" and presence thresholds chosen by exploring each value" if thresholds else "")
         + " (python -m agent.planning.explore_order)."
     )
     data["order_pairwise"] = prior
@@ -361,6 +476,11 @@ def write_policy(
         data["candidates"] = {
             **data["candidates"],
             **{d.value: [c.model_dump(mode="json") for c in options] for d, options in candidates.items()},
+        }
+    if thresholds:
+        data["thresholds"]["presence_threshold_by_type"] = {
+            **data["thresholds"].get("presence_threshold_by_type", {}),
+            **thresholds,
         }
     for options in data["candidates"].values():  # leave the default severity range out: readable YAML
         for option in options:
@@ -387,8 +507,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="only the first N mixtures (smoke test)")
     parser.add_argument("--min-margin", type=float, default=0.05, help="least mean PSNR margin (dB) kept")
     parser.add_argument(
-        "--phases", nargs="+", choices=("orders", "tools"), default=["orders", "tools"], help="what to explore"
+        "--phases",
+        nargs="+",
+        choices=("orders", "tools", "thresholds"),
+        default=["orders", "tools", "thresholds"],
+        help="what to explore",
     )
+    parser.add_argument("--workers", type=int, default=1, help="processes for the threshold phase (POSIX fork)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="policy YAML to write")
     parser.add_argument("--runs", type=Path, default=None, help="JSON record of every run (default: next to --out)")
     parser.add_argument(
@@ -420,6 +545,13 @@ def main(argv: list[str] | None = None) -> int:
 
     runs = phase_runs("orders", "runs", explore)
     tool_runs = phase_runs("tools", "tool_runs", explore_tools)
+
+    def run_thresholds(shared: Path, policy: str, per_combo: int, seed: int, limit: int | None) -> list[dict]:
+        return explore_thresholds(shared, policy, per_combo, seed, limit, workers=args.workers)
+
+    threshold_runs = phase_runs("thresholds", "threshold_runs", run_thresholds)
+    per_threshold = threshold_margins(threshold_runs)
+    thresholds = learn_thresholds(per_threshold, args.min_margin)
     margins = pairwise_margins(runs)
     prior = learn_prior(margins, args.min_margin)
     scores = option_scores(tool_runs)
@@ -469,12 +601,30 @@ def main(argv: list[str] | None = None) -> int:
                 for d, per_option in sorted(scores.items())
             ],
         ]
-    path = write_policy(args.policy, prior, args.out, header, candidates)
+    if threshold_runs:
+        header += [
+            f"Thresholds: {len({r['item'] for r in threshold_runs})} mixtures, {len(threshold_runs)} agent runs (the "
+            "policy's presence thresholds, then each degradation's at each value of the grid). Mean PSNR-Y margin",
+            "(dB) over the policy's thresholds (mixtures improved / worsened by > 0.01 dB); a value is taken when its",
+            f"mean is >= {args.min_margin} dB, the best, and it improved at least as many mixtures as it worsened:",
+            *[
+                f"  {d}: "
+                + ", ".join(
+                    f"{value:g} {np.mean(list(v.values())):+.2f} "
+                    f"({sum(x > 0.01 for x in v.values())}/{sum(x < -0.01 for x in v.values())})"
+                    for value, v in sorted(per_value.items())
+                )
+                for d, per_value in sorted(per_threshold.items())
+            ],
+            "Learned presence thresholds: " + (", ".join(f"{d} {v:g}" for d, v in thresholds.items()) or "none"),
+        ]
+    path = write_policy(args.policy, prior, args.out, header, candidates, thresholds)
     record = {
         "settings": settings,
         "margins": {f"{a}>{b}": v for (a, b), v in margins.items()},
         "runs": runs,
         "tool_runs": tool_runs,
+        "threshold_runs": threshold_runs,
     }
     runs_path.write_text(json.dumps(record))
     print("\n".join(header))
