@@ -317,3 +317,53 @@ def test_presence_rule_combines_the_network_with_the_linear_models(monkeypatch, 
     path.write_text(json.dumps(calibration))
     monkeypatch.setenv(CALIBRATION_ENV, str(path))
     assert EstimatorAssessor().calibration_path == path
+
+
+# ------------------------------------------------------------------------------------------------
+# assessor evaluation
+
+
+def test_evaluate_assessor_scores_single_mixed_and_real_sets(photo):
+    from agent.perception.evaluate import dominant_class, evaluate_assessor, format_result
+
+    assessor = EstimatorAssessor(_toy_calibration())  # noise iff the noise estimate is high; nothing else
+    noisy = _degraded(photo, "noise", sigma=0.1, kind="gaussian")
+    hazy = _degraded(photo, "haze", severity=1.0)
+    single = [
+        {"image": photo, "labels": [], "severity": {}},
+        {"image": noisy, "labels": ["noise"], "severity": {"noise": 0.8}},
+        {"image": hazy, "labels": ["haze"], "severity": {"haze": 1.0}},
+    ]
+    mixed = [{"image": noisy, "labels": ["noise", "haze"], "severity": {"noise": 0.8, "haze": 0.5}}]
+    real = {"noisy photos": ([noisy, photo], Degradation.NOISE)}
+    assert dominant_class(assessor.assess(noisy)) == "noise"
+    assert dominant_class(assessor.assess(photo)) == "no"
+    result = evaluate_assessor(assessor, single, mixed, real)
+    single_scores = result["single"]
+    assert single_scores["accuracy"] == pytest.approx(2 / 3)  # the hazy crop is called clean
+    assert result["clean_no_rate"] == 1.0
+    assert single_scores["per_class"]["noise"]["f1"] == 1.0
+    confusion = np.array(single_scores["confusion"])
+    classes = single_scores["classes"]
+    assert confusion[classes.index("haze"), classes.index("no")] == 1
+    # Mixture: noise found, haze missed -> micro F1 = 2*1 / (2*1 + 0 + 1).
+    assert result["mixed"]["micro_f1"] == pytest.approx(2 / 3)
+    assert result["mixed"]["exact_set"] == 0.0
+    assert result["mixed"]["per_type"]["haze"]["f1"] == 0.0
+    assert result["real"]["noisy photos"]["accuracy"] == 0.5
+    assert result["real"]["noisy photos"]["predicted"] == {"noise": 1, "no": 1}
+    text = format_result(result)
+    assert "accuracy 66.7%" in text and "real sets together: 50.0% of 2 images" in text
+    assert result["seconds_per_image"] > 0
+
+
+@pytest.mark.skipif(not (SHARED / "data" / "clean" / "LIVE1_color").is_dir(), reason="shared data not available")
+def test_synthetic_evaluation_sets_come_from_the_evaluation_split():
+    from agent.perception.evaluate import synthetic_sets
+
+    single, mixed = synthetic_sets(SHARED, per_class=1, mixtures=2, seed=0, size=64)
+    assert len(single) == 1 + len(Degradation) and len(mixed) == 2
+    assert [s["labels"] for s in single[:2]] == [[], [list(Degradation)[0].value]]
+    assert all(2 <= len(s["labels"]) <= 3 for s in mixed)
+    sources = {s["source"].split("/")[0] for s in single + mixed}
+    assert "BSD100" not in sources

@@ -1,6 +1,6 @@
 """Learn how best-of-k ranks verified candidates: a model of a step's PSNR gain from what the verifier sees.
 
-    python -m agent.planning.learn_score [--policy learned] [--per-combo 4] [--seed 11] [--out policies/learned.yaml]
+    python -m agent.planning.learn_score [--policy learned] [--per-combo 4] [--seed 11] [--out policies/scored.yaml]
 
 The verifier's own score (degradation-load drop plus NR-IQA gain) prefers strong restorations that
 lose PSNR, so best-of-k with it scores below greedy. This script measures instead of guessing. On
@@ -37,7 +37,7 @@ from agent.verify import STEP_FEATURES
 logger = logging.getLogger(__name__)
 
 DEFAULT_SHARED = Path(__file__).resolve().parents[3] / "shared"
-DEFAULT_OUT = Path(__file__).resolve().parents[2] / "policies" / "learned.yaml"
+DEFAULT_OUT = Path(__file__).resolve().parents[2] / "policies" / "scored.yaml"
 
 #: The ranking rules compared: the learned model, the verifier's score, the first accepted, the reference.
 RULES = ("learned", "verifier", "greedy", "reference")
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse", action="store_true", help="refit from an existing --record made with these settings")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    record_path = args.record or args.out.with_name(args.out.stem + "_score.json")
+    record_path = args.record or args.out.with_name(args.out.stem + "_candidates.json")
     settings = {
         "policy": args.policy,
         "per_combo": args.per_combo,

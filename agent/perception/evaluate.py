@@ -1,0 +1,259 @@
+"""Evaluate an assessor honestly: held-out synthetic degradations and the real degraded sets.
+
+    python -m agent.perception.evaluate [--assessor estimators|saclip[:DIR]] [--shared ../shared]
+        [--per-class 20] [--mixtures 160] [--real-limit 40] [--out assessor-report.json]
+
+Synthetic images are made from the *evaluation* split of the clean photos (LIVE1, McMaster, Set14),
+which neither the estimator calibration nor SA-CLIP training reads: ``--per-class`` random crops per
+class (every degradation type alone, drawn over the synthesis' full severity range, plus the clean crop
+itself as "no"), and ``--mixtures`` crops carrying two or three degradations (half of them MiO100
+combinations). Reported: accuracy of the dominant degradation, per-class precision/recall/F1 and the
+confusion matrix on the single set; multi-label micro/macro F1, exact-set rate, per-type F1 and severity
+error on the mixtures; how often "no" wins on clean crops (semantic agnosticism: only the content
+differs between them); and on each real set in ``shared/data`` whose dominant degradation is known
+(DICM: low light, PolyU: noise, Rain100L: rain, SOTS: haze, the underwater sets: colour cast), the
+share of images whose dominant degradation is that label. Also the assessor's mean time per image.
+
+The dominant degradation is SA-CLIP's softmax winner when the assessor provides one, else the most
+probable type at or above probability 0.5 ("no" when none is).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.degradations import Degradation
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SHARED = Path(__file__).resolve().parents[3] / "shared"
+
+#: Real sets of ``shared/data`` with their known dominant degradation.
+REAL_SETS: dict[str, tuple[str, Degradation]] = {
+    "DICM": ("degraded/DICM_lowlight_ZeroDCE", Degradation.LOW_LIGHT),
+    "PolyU": ("degraded/PolyU_real_noise_cropped100", Degradation.NOISE),
+    "Rain100L": ("degraded/Rain100L_synthetic_samples", Degradation.RAIN),
+    "SOTS": ("degraded/SOTS_indoor_synthetic_haze_subset50", Degradation.HAZE),
+    "EUVP": ("underwater/EUVP_test_samples_FUnIE-GAN", Degradation.COLOR_CAST),
+    "LSUI": ("underwater/LSUI_test_samples_Ushape", Degradation.COLOR_CAST),
+    "U45": ("underwater/U45", Degradation.COLOR_CAST),
+    "RUIE": ("underwater/RUIE_UCCS", Degradation.COLOR_CAST),
+}
+
+
+def dominant_class(report: Any) -> str:
+    """The dominant class name of a report: SA-CLIP's softmax winner if present, else presence argmax or "no"."""
+    from agent.perception.saclip import CLEAN, softmax_dominant
+
+    winner = softmax_dominant(report)
+    if winner is not None:
+        return winner
+    dominant = report.dominant(0.5)
+    return CLEAN if dominant is None else dominant.value
+
+
+def _crops(images: Sequence[tuple[str, np.ndarray]], count: int, size: int, rng: np.random.Generator) -> list:
+    out = []
+    for _ in range(count):
+        name, image = images[int(rng.integers(len(images)))]
+        h, w = image.shape[:2]
+        ch, cw = min(size, h), min(size, w)
+        top, left = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
+        out.append((name, np.ascontiguousarray(image[top : top + ch, left : left + cw])))
+    return out
+
+
+def synthetic_sets(
+    shared: Path, per_class: int, mixtures: int, seed: int, size: int = 256
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Single-degradation (and clean) samples and mixture samples from the evaluation split."""
+    from evals.synthesis import MIO100_COMBINATIONS, clean_split, load_clean_images, synthesize
+
+    images = load_clean_images(clean_split(shared)["evaluation"], crop=None)
+    if not images:
+        raise FileNotFoundError(f"no evaluation images under {shared}/data/clean")
+    rng = np.random.default_rng(seed)
+    single = []
+    for label in [None, *Degradation]:
+        for name, crop in _crops(images, per_class, size, rng):
+            if label is None:
+                single.append({"image": crop, "labels": [], "severity": {}, "source": name})
+                continue
+            result = synthesize(crop, [label], seed=int(rng.integers(2**31)))
+            single.append(_sample(result, name))
+    mixed = []
+    combos = list(MIO100_COMBINATIONS.values())
+    types = list(Degradation)
+    for i, (name, crop) in enumerate(_crops(images, mixtures, size, rng)):
+        if i % 2 == 0:
+            chosen, preset = list(combos[int(rng.integers(len(combos)))]), "mio100"
+        else:
+            count = 2 if rng.random() < 0.6 else 3
+            chosen, preset = [types[j] for j in rng.choice(len(types), size=count, replace=False)], "default"
+        mixed.append(_sample(synthesize(crop, chosen, seed=int(rng.integers(2**31)), preset=preset), name))
+    return single, mixed
+
+
+def _sample(result: Any, source: str) -> dict[str, Any]:
+    return {
+        "image": result.image,
+        "labels": [d.value for d, _ in result.applied],
+        "severity": {d.value: float(p.get("severity", np.nan)) for d, p in result.applied},
+        "source": source,
+    }
+
+
+def evaluate_assessor(
+    assessor: Any,
+    single: Sequence[dict[str, Any]],
+    mixed: Sequence[dict[str, Any]],
+    real: dict[str, tuple[list[np.ndarray], Degradation]] | None = None,
+) -> dict[str, Any]:
+    """Score ``assessor`` on the synthetic sets (and real sets: ``{name: (images, label)}``)."""
+    from agent.perception.saclip import CLASSES, CLEAN
+    from agent.perception.saclip_train import classification_scores, confusion_matrix, multilabel_f1, severity_mae
+
+    seconds: list[float] = []
+
+    def assess(image: np.ndarray) -> Any:
+        start = time.perf_counter()
+        report = assessor.assess(image)
+        seconds.append(time.perf_counter() - start)
+        return report
+
+    index = {name: i for i, name in enumerate(CLASSES)}
+    true_class, predicted_class = [], []
+    for sample in single:
+        true_class.append(index[sample["labels"][0]] if sample["labels"] else index[CLEAN])
+        predicted_class.append(index[dominant_class(assess(sample["image"]))])
+    matrix = confusion_matrix(true_class, predicted_class, len(CLASSES))
+    scores = classification_scores(matrix, CLASSES)
+    types = list(Degradation)
+    truth = np.zeros((len(mixed), len(types)), bool)
+    predicted = np.zeros_like(truth)
+    true_severity = np.zeros(truth.shape)
+    predicted_severity = np.zeros(truth.shape)
+    for i, sample in enumerate(mixed):
+        report = assess(sample["image"])
+        present = {d.value for d in report.present(0.5)}
+        for j, d in enumerate(types):
+            truth[i, j] = d.value in sample["labels"]
+            predicted[i, j] = d.value in present
+            true_severity[i, j] = sample["severity"].get(d.value, 0.0)
+            predicted_severity[i, j] = report.severity(d)
+    per_type = {}
+    for j, d in enumerate(types):
+        tp = float((truth[:, j] & predicted[:, j]).sum())
+        denominator = float(truth[:, j].sum() + predicted[:, j].sum())
+        per_type[d.value] = {
+            "f1": 2 * tp / denominator if denominator else float("nan"),
+            "support": int(truth[:, j].sum()),
+        }
+    result: dict[str, Any] = {
+        "single": {"samples": len(single), **scores, "confusion": matrix.tolist(), "classes": list(CLASSES)},
+        "clean_no_rate": scores["per_class"][CLEAN]["recall"],
+        "mixed": {
+            "samples": len(mixed),
+            **multilabel_f1(truth, predicted),
+            "exact_set": float(np.mean((truth == predicted).all(axis=1))) if len(mixed) else float("nan"),
+            "per_type": per_type,
+            "severity_mae": severity_mae(true_severity, predicted_severity, truth),
+        },
+        "real": {},
+    }
+    for name, (images, label) in (real or {}).items():
+        winners = [dominant_class(assess(image)) for image in images]
+        counts: dict[str, int] = {}
+        for winner in winners:
+            counts[winner] = counts.get(winner, 0) + 1
+        result["real"][name] = {
+            "label": label.value,
+            "images": len(images),
+            "accuracy": float(np.mean([w == label.value for w in winners])) if winners else float("nan"),
+            "predicted": dict(sorted(counts.items(), key=lambda kv: -kv[1])),
+        }
+    result["seconds_per_image"] = float(np.mean(seconds)) if seconds else float("nan")
+    return result
+
+
+def load_real_sets(
+    shared: Path, limit: int | None, max_side: int = 512
+) -> dict[str, tuple[list[np.ndarray], Degradation]]:
+    """The real sets found under ``shared/data`` (degraded inputs only), at most ``limit`` images each."""
+    from evals.datasets import load_dataset
+    from evals.synthesis import load_clean_images
+
+    sets = {}
+    for name, (relative, label) in REAL_SETS.items():
+        root = shared / "data" / relative
+        if not root.is_dir():
+            continue
+        entries = load_dataset(root).entries[:limit]
+        images = [image for _, image in load_clean_images([e.lq for e in entries], crop=max_side, seed=None)]
+        sets[name] = (images, label)
+    return sets
+
+
+def format_result(result: dict[str, Any]) -> str:
+    """A readable summary of :func:`evaluate_assessor`'s result."""
+    single, mixed = result["single"], result["mixed"]
+    lines = [
+        f"single degradations ({single['samples']} crops): accuracy {single['accuracy']:.1%}, macro F1 "
+        f'{single["macro_f1"]:.3f}; "no" wins on {result["clean_no_rate"]:.1%} of clean crops',
+        "  per class F1: "
+        + ", ".join(f"{name} {entry['f1']:.2f}" for name, entry in single["per_class"].items() if entry["support"]),
+        f"mixtures ({mixed['samples']} crops): micro F1 {mixed['micro_f1']:.3f}, macro F1 {mixed['macro_f1']:.3f}, "
+        f"exact set {mixed['exact_set']:.1%}, severity MAE {mixed['severity_mae']:.3f}",
+        "  per type F1: " + ", ".join(f"{name} {entry['f1']:.2f}" for name, entry in mixed["per_type"].items()),
+    ]
+    for name, entry in result["real"].items():
+        top = ", ".join(f"{k} {v}" for k, v in list(entry["predicted"].items())[:3])
+        lines.append(f"real {name} ({entry['images']} images, label {entry['label']}): {entry['accuracy']:.1%} ({top})")
+    if result["real"]:
+        total = sum(e["images"] for e in result["real"].values())
+        right = sum(e["accuracy"] * e["images"] for e in result["real"].values())
+        lines.append(f"real sets together: {right / max(total, 1):.1%} of {total} images")
+    lines.append(f"assessor time: {result['seconds_per_image'] * 1000:.0f} ms per image (mean)")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point."""
+    from agent.perception.cli_commands import make_assessor
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--assessor", default="estimators", help="estimators | saclip | saclip:<checkpoint folder>")
+    parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
+    parser.add_argument("--per-class", type=int, default=20, help="single-degradation crops per class")
+    parser.add_argument("--mixtures", type=int, default=160, help="crops with two or three degradations")
+    parser.add_argument("--real-limit", type=int, default=40, help="images per real set (0: skip the real sets)")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=None, help="write the full result (confusion matrix...) as JSON")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not (args.shared / "data" / "clean").is_dir():
+        print(f"error: {args.shared}/data/clean not found; pass --shared", file=sys.stderr)
+        return 2
+    assessor = make_assessor(args.assessor)
+    single, mixed = synthetic_sets(args.shared, args.per_class, args.mixtures, args.seed)
+    real = load_real_sets(args.shared, args.real_limit) if args.real_limit > 0 else {}
+    result = evaluate_assessor(assessor, single, mixed, real)
+    result["settings"] = {k: str(v) for k, v in vars(args).items()}
+    print(format_result(result))
+    if args.out is not None:
+        args.out.write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
