@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         help="clean images: the benchmark's evaluation split, or the calibration split for tuning decisions",
     )
     parser.add_argument("--k", type=int, default=None, help="override best_of_k's k")
+    parser.add_argument("--attempts", type=int, default=None, help="override the policy's max_attempts_per_step")
     parser.add_argument(
         "--reference-score",
         action="store_true",
@@ -104,6 +105,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.strategy or args.k:
         update = {"name": args.strategy or policy.strategy.name, "k": args.k or policy.strategy.k}
         policy = policy.model_copy(update={"strategy": policy.strategy.model_copy(update=update)})
+    if args.attempts:
+        budgets = policy.budgets.model_copy(
+            update={
+                "max_attempts_per_step": args.attempts,
+                "max_tool_calls": max(policy.budgets.max_tool_calls, 8 * args.attempts),
+            }
+        )
+        policy = policy.model_copy(update={"budgets": budgets})
+    if args.reference_score and policy.strategy.name != "best_of_k":
+        print("error: --reference-score ranks best-of-k candidates; add --strategy best_of_k", file=sys.stderr)
+        return 2
     current: dict[str, np.ndarray] = {}
 
     def reference_gain(*, target, before_image, after_image, features, record) -> float:
