@@ -106,13 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         update = {"name": args.strategy or policy.strategy.name, "k": args.k or policy.strategy.k}
         policy = policy.model_copy(update={"strategy": policy.strategy.model_copy(update=update)})
     if args.attempts:
-        budgets = policy.budgets.model_copy(
-            update={
-                "max_attempts_per_step": args.attempts,
-                "max_tool_calls": max(policy.budgets.max_tool_calls, 8 * args.attempts),
-            }
-        )
-        policy = policy.model_copy(update={"budgets": budgets})
+        from agent.planning.learn_score import with_attempts
+
+        policy = with_attempts(policy, args.attempts)
     if args.reference_score and policy.strategy.name != "best_of_k":
         print("error: --reference-score ranks best-of-k candidates; add --strategy best_of_k", file=sys.stderr)
         return 2

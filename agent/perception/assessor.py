@@ -128,6 +128,16 @@ def signed_log(values: np.ndarray) -> np.ndarray:
     return np.sign(values) * np.log1p(np.abs(values))
 
 
+def mlp_forward(layers: Sequence[tuple[np.ndarray, np.ndarray]], inputs: np.ndarray) -> np.ndarray:
+    """Dense layers ``(weight, bias)`` with ReLU between them, applied to ``inputs`` (rows of samples, or one)."""
+    h = inputs
+    for i, (weight, bias) in enumerate(layers):
+        h = h @ weight.T + bias
+        if i < len(layers) - 1:
+            h = np.maximum(h, 0.0)
+    return h
+
+
 class PresenceNet:
     """A small multi-label MLP over all measurements: one presence logit per degradation type.
 
@@ -163,11 +173,7 @@ class PresenceNet:
             raise KeyError(
                 f"presence_net needs measurements {missing[:5]}; re-run python -m agent.perception.calibrate"
             )
-        h = (signed_log(x) - self.mean) / self.std
-        for i, (weight, bias) in enumerate(self.layers):
-            h = weight @ h + bias
-            if i < len(self.layers) - 1:
-                h = np.maximum(h, 0.0)
+        h = mlp_forward(self.layers, (signed_log(x) - self.mean) / self.std)
         return {d: float(h[i]) - self.logit_shift[d] for i, d in enumerate(self.types)}
 
 

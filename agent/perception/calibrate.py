@@ -39,6 +39,7 @@ from agent.perception.assessor import (
     PRESENCE_RULES,
     EstimatorAssessor,
     feature_matrix,
+    mlp_forward,
 )
 
 logger = logging.getLogger(__name__)
@@ -450,6 +451,17 @@ def _circular_error(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.minimum(diff, 180.0 - diff)
 
 
+def photo_folds(samples: Sequence[Sample], folds: int, seed: int) -> np.ndarray:
+    """Per sample, its cross-validation fold: photos are assigned to folds (seeded), so no photo spans two."""
+    photos = sorted({s.image for s in samples})
+    fold_of_photo = dict(zip(photos, np.random.default_rng(seed).permutation(len(photos)) % folds, strict=True))
+    return np.array([fold_of_photo[s.image] for s in samples])
+
+
+def _layer_arrays(layers: list[dict[str, Any]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(np.asarray(layer["weight"]), np.asarray(layer["bias"])) for layer in layers]
+
+
 def fit_models(
     train: Sequence[Sample], max_clean_fpr: float = 0.02, l2: float = 1.0, folds: int = 4, seed: int = 0
 ) -> dict[str, Any]:
@@ -461,9 +473,7 @@ def fit_models(
     """
     rows = [s.measurements for s in train]
     is_clean = np.array([not s.labels for s in train])
-    photos = sorted({s.image for s in train})
-    fold_of_photo = dict(zip(photos, np.random.default_rng(seed).permutation(len(photos)) % folds, strict=True))
-    fold = np.array([fold_of_photo[s.image] for s in train])
+    fold = photo_folds(train, folds, seed)
     models: dict[str, Any] = {}
     for degradation in Degradation:
         features = TYPE_FEATURES[degradation]
@@ -520,15 +530,6 @@ def _train_net(z: np.ndarray, y: np.ndarray, hidden: int, epochs: int, seed: int
     return [{"weight": m.weight.detach().double().tolist(), "bias": m.bias.detach().double().tolist()} for m in linear]
 
 
-def _net_logits(layers: list[dict[str, Any]], z: np.ndarray) -> np.ndarray:
-    h = z
-    for i, layer in enumerate(layers):
-        h = h @ np.asarray(layer["weight"]).T + np.asarray(layer["bias"])
-        if i < len(layers) - 1:
-            h = np.maximum(h, 0.0)
-    return h
-
-
 def fit_presence_net(
     train: Sequence[Sample],
     max_clean_fpr: float = 0.02,
@@ -550,15 +551,13 @@ def fit_presence_net(
     x = signed_log(np.array([[float(s.measurements[f]) for f in features] for s in train], dtype=np.float64))
     y = np.array([[d.value in s.labels for d in types] for s in train], dtype=np.float64)
     is_clean = np.array([not s.labels for s in train])
-    photos = sorted({s.image for s in train})
-    fold_of_photo = dict(zip(photos, np.random.default_rng(seed).permutation(len(photos)) % folds, strict=True))
-    fold = np.array([fold_of_photo[s.image] for s in train])
+    fold = photo_folds(train, folds, seed)
     out_of_fold = np.zeros_like(y)
     for k in range(folds):
         part = fold != k
         mean_k, std_k = standardiser(x[part])
         layers = _train_net((x[part] - mean_k) / std_k, y[part], hidden, epochs, seed + k)
-        out_of_fold[~part] = 1.0 / (1.0 + np.exp(-_net_logits(layers, (x[~part] - mean_k) / std_k)))
+        out_of_fold[~part] = 1.0 / (1.0 + np.exp(-mlp_forward(_layer_arrays(layers), (x[~part] - mean_k) / std_k)))
     thresholds = {
         d.value: choose_threshold(out_of_fold[:, i], y[:, i], is_clean, max_clean_fpr) for i, d in enumerate(types)
     }

@@ -458,9 +458,7 @@ def write_policy(
 
     The result is YAML with a provenance header.
     """
-    import yaml
-
-    from policies import load_policy, policy_from_mapping
+    from policies import load_policy
 
     data = load_policy(base_name).model_dump(mode="json", exclude_none=True)
     data["name"] = out.stem
@@ -488,8 +486,17 @@ def write_policy(
                 option.pop("min_severity")
             if option.get("max_severity") == 1.0:
                 option.pop("max_severity")
+    return write_policy_file(data, out, [f"# {line}" for line in header])
+
+
+def write_policy_file(data: dict[str, Any], out: Path, comments: list[str]) -> Path:
+    """Validate a policy mapping and write it atomically as YAML under ``comments`` (lines starting with ``#``)."""
+    import yaml
+
+    from policies import policy_from_mapping
+
     policy_from_mapping(data)  # refuse to write something that does not load
-    text = "\n".join(f"# {line}" for line in header) + "\n" + yaml.safe_dump(data, sort_keys=False)
+    text = "\n".join(comments) + "\n" + yaml.safe_dump(data, sort_keys=False)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_suffix(".tmp")
     partial.write_text(text)

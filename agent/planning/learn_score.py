@@ -32,7 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from agent.degradations import Degradation
 from agent.verify import STEP_FEATURES
+from policies.schema import StepScore
 
 logger = logging.getLogger(__name__)
 
@@ -46,17 +48,21 @@ RULES = ("learned", "verifier", "greedy", "reference")
 MIN_GROUPS = 12
 
 
+def with_attempts(policy: Any, attempts: int, **budgets: Any) -> Any:
+    """``policy`` trying up to ``attempts`` candidates per step, with tool calls for 8 such steps (and ``budgets``)."""
+    update = {
+        "max_attempts_per_step": attempts,
+        "max_tool_calls": max(policy.budgets.max_tool_calls, 8 * attempts),
+        **budgets,
+    }
+    return policy.model_copy(update={"budgets": policy.budgets.model_copy(update=update)})
+
+
 def exploring_policy(policy: Any, attempts: int) -> Any:
     """``policy`` with best-of-k over every attempt of a step (up to ``attempts``) and room for them."""
-    budgets = policy.budgets.model_copy(
-        update={
-            "max_attempts_per_step": max(policy.budgets.max_attempts_per_step, attempts),
-            "max_tool_calls": max(policy.budgets.max_tool_calls, 8 * attempts),
-            "time_budget_s": None,
-        }
-    )
+    policy = with_attempts(policy, max(policy.budgets.max_attempts_per_step, attempts), time_budget_s=None)
     strategy = policy.strategy.model_copy(update={"name": "best_of_k", "k": 16})
-    return policy.model_copy(update={"budgets": budgets, "strategy": strategy})
+    return policy.model_copy(update={"strategy": strategy})
 
 
 def collect(shared: Path, policy_name: str, per_combo: int, seed: int, attempts: int, limit: int | None) -> dict:
@@ -138,10 +144,6 @@ def fit_linear(rows: list[dict[str, Any]], ridge: float) -> dict[str, Any]:
     }
 
 
-def _predict(model: dict[str, Any], features: dict[str, float]) -> float:
-    return model["intercept"] + sum(w * features.get(name, 0.0) for name, w in model["weights"].items())
-
-
 def fit_models(candidates: list[dict[str, Any]], ridge: float) -> dict[str, Any]:
     """Per-target models (where enough steps had a choice) and a pooled fallback."""
     by_target: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -151,10 +153,6 @@ def fit_models(candidates: list[dict[str, Any]], ridge: float) -> dict[str, Any]
         choices[group[0]["target"]] += len(group) > 1
     models = {target: fit_linear(rows, ridge) for target, rows in by_target.items() if choices[target] >= MIN_GROUPS}
     return {"by_target": models, "fallback": fit_linear(candidates, ridge)}
-
-
-def _model_for(models: dict[str, Any], target: str) -> dict[str, Any]:
-    return models["by_target"].get(target, models["fallback"])
 
 
 def cross_validate(candidates: list[dict[str, Any]], ridge: float, folds: int = 4) -> dict[str, Any]:
@@ -172,14 +170,15 @@ def cross_validate(candidates: list[dict[str, Any]], ridge: float, folds: int = 
         train = [c for c in candidates if fold_of[c["item"]] != fold]
         if not train:
             continue
-        models = fit_models(train, ridge)
+        score = StepScore(kind="learned", **fit_models(train, ridge))
         for group in _groups([c for c in candidates if fold_of[c["item"]] == fold]).values():
             if len(group) < 2:
                 continue
             steps += 1
-            model = _model_for(models, group[0]["target"])
+            model = score.model_for(Degradation(group[0]["target"]))
+            assert model is not None  # a learned score always has its pooled fallback
             picks = {
-                "learned": max(group, key=lambda c: _predict(model, c["features"])),
+                "learned": max(group, key=lambda c: model.predict(c["features"])),
                 "verifier": max(group, key=lambda c: c["verifier_score"]),
                 "greedy": min(group, key=lambda c: c["order"]),
                 "reference": max(group, key=lambda c: c["gain"]),
@@ -202,9 +201,8 @@ def _policy_file(name: str) -> Path:
 
 def write_policy(base_name: str, models: dict[str, Any], k: int, note: str, out: Path, header: list[str]) -> Path:
     """The base policy with ``strategy: best_of_k`` and the learned score, as YAML keeping the base's header."""
-    import yaml
-
-    from policies import load_policy, policy_from_mapping
+    from agent.planning.explore_order import write_policy_file
+    from policies import load_policy
 
     kept = []  # the base file's provenance header, without an earlier run of this script's lines
     for line in _policy_file(base_name).read_text().splitlines():
@@ -219,13 +217,7 @@ def write_policy(base_name: str, models: dict[str, Any], k: int, note: str, out:
         "k": k,
         "score": {"kind": "learned", **models, "note": note},
     }
-    policy_from_mapping(data)  # refuse to write something that does not load
-    lines = [*kept, *(f"# {line}" for line in header)]
-    text = "\n".join(lines) + "\n" + yaml.safe_dump(data, sort_keys=False)
-    partial = out.with_suffix(".tmp")
-    partial.write_text(text)
-    partial.replace(out)
-    return out
+    return write_policy_file(data, out, [*kept, *(f"# {line}" for line in header)])
 
 
 def main(argv: list[str] | None = None) -> int:
