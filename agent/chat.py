@@ -461,6 +461,7 @@ def add_chat_parser(subparsers: Any) -> None:
     chat.add_argument("--policy", default="default", help="policy name or YAML file")
     chat.add_argument("--workdir", default=None, help="session folder (default: ./<image stem>.chat)")
     chat.add_argument("--approve", action="store_true", help="ask before every tool call (y/n/edit)")
+    chat.add_argument("--assessor", default=None, help="estimators or saclip[:<folder>]")
     chat.set_defaults(func=cmd_chat)
 
 
@@ -470,7 +471,7 @@ def cmd_chat(args: Any, read: Callable[[str], str] = input) -> int:
     workdir = Path(args.workdir) if args.workdir else Path.cwd() / f"{image.stem}.chat"
     from agent.context import RunContext
 
-    context = RunContext(policy=args.policy)
+    context = RunContext(policy=args.policy, assessor=getattr(args, "assessor", None))
     approver = _terminal_approver(read) if args.approve else None
     print(f"restora chat on {image} (session folder {workdir}); type a request, 'quit' to leave", flush=True)
     with ChatSession(image, workdir, context, approve=approver) as session:

@@ -22,7 +22,9 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 def _context(args: argparse.Namespace) -> Any:
     from agent.context import RunContext
 
-    return RunContext(policy=args.policy, iqa_weights_dir=getattr(args, "iqa_weights", None))
+    return RunContext(
+        policy=args.policy, iqa_weights_dir=getattr(args, "iqa_weights", None), assessor=getattr(args, "assessor", None)
+    )
 
 
 def gather_inputs(paths: list[str], recursive: bool = False) -> tuple[list[Path], list[tuple[Path, str]]] | None:
@@ -96,7 +98,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Degrade a built-in photo, restore it, and print PSNR before and after."""
     from agent.demo import run_demo
 
-    return run_demo(Path(args.output), policy=args.policy, quiet=args.quiet)
+    return run_demo(Path(args.output), policy=args.policy, quiet=args.quiet, assessor=args.assessor)
 
 
 def cmd_tools(args: argparse.Namespace) -> int:
@@ -146,12 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue interrupted runs from their checkpoints")
     run.add_argument("--recursive", action="store_true", help="descend into sub-folders")
     run.add_argument("--iqa-weights", default=None, help="folder with pyiqa weight files (e.g. NIQE's)")
+    run.add_argument("--assessor", default=None, help="estimators or saclip[:<folder>]")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar or per-image lines")
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="restore a built-in degraded example")
     demo.add_argument("-o", "--output", default="restora-demo", help="output folder (default: restora-demo)")
     demo.add_argument("--policy", default="default", help="policy name or YAML file")
+    demo.add_argument("--assessor", default=None, help="estimators or saclip[:<folder>]")
     demo.add_argument("-q", "--quiet", action="store_true")
     demo.set_defaults(func=cmd_demo)
 

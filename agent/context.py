@@ -22,8 +22,9 @@ class RunContext:
     Args:
         policy: a policy name (``default``, ``fast``) or a path to a policy YAML file.
         registry: tools to plan with; the built-in catalogue when omitted.
-        assessor: an object with ``assess(image) -> DegradationReport``; the calibrated
-            estimator assessor when omitted.
+        assessor: an object with ``assess(image) -> DegradationReport``, or a spec string
+            (``estimators``, ``saclip``, ``saclip:<folder>``); when omitted,
+            :func:`agent.perception.assessor.default_assessor` (``$RESTORA_ASSESSOR`` or the package default).
         iqa_weights_dir: extra folder to look for pyiqa weight files in.
         planner: a model planner with ``plan(image, report, request, intent) -> PlanResult`` (e.g.
             :class:`agent.planning.vlm.VLMPlanner`); built from the policy's ``planner`` section when omitted
@@ -57,10 +58,10 @@ class RunContext:
             raise ValueError(f"policy {self.policy.name!r} does not fit the tool catalogue: " + "; ".join(problems))
         if self.planner is None and self.policy.planner.kind != "rule":
             self.planner = build_model_planner(self.policy, self.registry)
-        if self.assessor is None:
-            from agent.perception.assessor import EstimatorAssessor
+        if self.assessor is None or isinstance(self.assessor, str):
+            from agent.perception.assessor import default_assessor
 
-            self.assessor = EstimatorAssessor()
+            self.assessor = default_assessor(self.assessor)
 
     @cached_property
     def iqa(self) -> NoReferenceIQA:

@@ -18,8 +18,11 @@ def demo_clean_image() -> np.ndarray:
     return data.astronaut().astype(np.float32) / 255.0
 
 
-def run_demo(out_dir: Path, policy: str = "default", quiet: bool = False) -> int:
-    """Write ``demo_input.png``, restore it into ``out_dir``, print PSNR/SSIM before and after."""
+def run_demo(out_dir: Path, policy: str = "default", quiet: bool = False, assessor: str | None = None) -> int:
+    """Write ``demo_input.png``, restore it into ``out_dir``, print PSNR/SSIM before and after.
+
+    ``assessor`` names the perception (``estimators``, ``saclip``, ...); ``None`` takes the agent's default.
+    """
     from agent.context import RunContext
     from agent.imageio import load_image, save_image
     from agent.runner import RUN_DIR_SUFFIX, restore_image
@@ -36,7 +39,7 @@ def run_demo(out_dir: Path, policy: str = "default", quiet: bool = False) -> int
     result = restore_image(
         input_path,
         out_dir / f"demo{RUN_DIR_SUFFIX}",
-        RunContext(policy=policy),
+        RunContext(policy=policy, assessor=assessor),
         output_path=out_dir / "demo.png",
     )
     restored = load_image(result.output_path).image if result.output_path else degraded

@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="diagnostic upper bound: best-of-k ranks candidates by their true PSNR gain (uses the clean image)",
     )
+    parser.add_argument(
+        "--assessor", default=None, help="estimators | saclip | saclip:<checkpoint folder> (default: the agent's)"
+    )
     parser.add_argument("--limit", type=int, default=None, help="only the first N images (smoke test)")
     parser.add_argument("--report", default=None, help="only print the tables of an earlier results.json")
     args = parser.parse_args(argv)
@@ -117,7 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     def reference_gain(*, target, before_image, after_image, features, record) -> float:
         return psnr(after_image, current["clean"]) - psnr(before_image, current["clean"])
 
-    context = RunContext(policy=policy, step_scorer=reference_gain if args.reference_score else None)
+    assessor = None
+    if args.assessor:
+        from agent.perception.cli_commands import make_assessor
+
+        assessor = make_assessor(args.assessor)
+    context = RunContext(policy=policy, assessor=assessor, step_scorer=reference_gain if args.reference_score else None)
     context.iqa.score(np.zeros((64, 64, 3), np.float32))  # load the metrics before timing
     rows = []
     for i, item in enumerate(tqdm(items, desc="benchmark", unit="img", file=sys.stderr)):

@@ -344,3 +344,76 @@ def test_assess_cli_json(tiny_model, tmp_path, capsys):
 
     assert _run_assess(["--assessor", "saclip:" + str(tmp_path / "none"), *paths]) == 2
     assert "saclip_train" in capsys.readouterr().err
+
+
+def test_sample_cache_is_resumable_and_refuses_other_settings(tmp_path, monkeypatch):
+    from agent.perception import saclip_train
+
+    monkeypatch.setattr(saclip_train, "CACHE_CHUNK", 3)
+    photos = [procedural_image(80, 80, seed=i) for i in range(2)]
+    names = ["noise_sigma", "dark_fraction"]
+    folder = tmp_path / "cache"
+    first = saclip_train.build_cache(folder, photos, 5, 32, seed=4, measurement_names=names)
+    assert first["image"].shape == first["clean"].shape == (6, 3, 32, 32)  # rounded up to two chunks
+    assert first["image"].dtype == np.uint8 and first["measurements"].shape == (6, 2)
+    # clean rows carry clean measurements only where the clean crop rides along
+    assert np.all(first["clean_measurements"][first["has_clean"] < 0.5] == 0)
+    (folder / "chunk_00001.npz").unlink()  # an interrupted build: the missing chunk is made again, identically
+    again = saclip_train.build_cache(folder, photos, 5, 32, seed=4, measurement_names=names)
+    for key in first:
+        assert np.array_equal(first[key], again[key]), key
+    with pytest.raises(ValueError, match="other settings"):
+        saclip_train.build_cache(folder, photos, 5, 32, seed=5, measurement_names=names)
+    batch = saclip_train.cached_batch(first, np.random.default_rng(0), 4)
+    assert batch["image"].shape == (4, 3, 32, 32) and batch["image"].dtype == torch.float32
+    assert float(batch["image"].max()) <= 1.0
+    assembled = assemble_batch(batch)
+    assert assembled["measurements"].shape[0] == assembled["images"].shape[0]
+
+
+def test_model_card_records_training_and_held_out_evaluation(tiny_model, tmp_path):
+    from agent.perception.evaluate import evaluate_assessor
+    from agent.perception.saclip_train import write_model_card
+
+    training = {"steps": 12, "batch_size": 4, "lr": 0.002, "seed": 3, "cache_samples": 500, "train_photos": 9}
+    training["validation"] = {"accuracy": 0.25, "clean_no_rate": 0.5}
+    folder = saclip.save_checkpoint(tiny_model, tmp_path / "ckpt", training=training)
+    card = write_model_card(folder).read_text()
+    assert "12 steps, batch 4" in card and "accuracy: 0.250" in card and "Not run yet" in card
+    assessor = saclip.SAClipAssessor(folder, with_parameters=False)
+    assert assessor.folder == folder
+    photo = procedural_image(48, 48, seed=2)
+    result = evaluate_assessor(assessor, [{"image": photo, "labels": [], "severity": {}}], [])
+    card = write_model_card(folder, result).read_text()
+    assert "Not run yet" not in card and "single degradations (1 crops)" in card
+
+
+def test_perceive_benchmark_times_fresh_images(capsys):
+    from agent.perception import bench
+    from agent.perception.assessor import EstimatorAssessor
+
+    times = bench.time_assessor(EstimatorAssessor(), size=64, repeats=2)
+    assert len(times) == 2 and all(t > 0 for t in times)
+    assert bench.main(["--size", "8"]) == 2
+    assert bench.main(["--assessor", "saclip:/nonexistent/folder", "--size", "64", "--repeats", "1"]) == 2
+    assert "train one with" in capsys.readouterr().err
+
+
+def test_default_assessor_follows_env_and_falls_back_when_weights_are_missing(monkeypatch, tmp_path, caplog):
+    from agent.perception import assessor as assessor_module
+
+    monkeypatch.delenv(assessor_module.ASSESSOR_ENV, raising=False)
+    monkeypatch.setattr(assessor_module, "DEFAULT_ASSESSOR", "saclip")
+    monkeypatch.setattr(saclip, "DEFAULT_WEIGHTS_DIR", tmp_path / "not-packaged")
+    with caplog.at_level("WARNING"):
+        fallback = assessor_module.default_assessor()
+    assert isinstance(fallback, assessor_module.EstimatorAssessor) and "unavailable" in caplog.text
+    with pytest.raises(FileNotFoundError, match="train one with"):  # named explicitly: no silent fallback
+        assessor_module.default_assessor("saclip")
+    monkeypatch.setenv(assessor_module.ASSESSOR_ENV, "saclip:" + str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError):
+        assessor_module.default_assessor()
+    monkeypatch.setenv(assessor_module.ASSESSOR_ENV, "estimators")
+    assert isinstance(assessor_module.default_assessor(), assessor_module.EstimatorAssessor)
+    with pytest.raises(ValueError, match="unknown assessor"):
+        assessor_module.default_assessor("clip-magic")

@@ -284,3 +284,48 @@ class EstimatorAssessor:
                     logits[d] = max(logits[d], linear) if self.presence_rule == "or" else 0.5 * (logits[d] + linear)
         estimates = {d: model.estimate(measurements, logits.get(d)) for d, model in self.models.items()}
         return DegradationReport(assessor=self.name, estimates=estimates, measurements=dict(measurements))
+
+
+# ------------------------------------------------------------------------------------------------
+# choosing the assessor
+
+#: Environment variable naming the agent's assessor: ``estimators``, ``saclip`` or ``saclip:<folder>``.
+ASSESSOR_ENV = "RESTORA_ASSESSOR"
+
+#: The agent's perception when neither the caller nor :data:`ASSESSOR_ENV` names one.
+DEFAULT_ASSESSOR = "estimators"
+
+
+def make_assessor(spec: str) -> Any:
+    """Build the assessor named by ``spec``: ``"estimators"``, ``"saclip"`` or ``"saclip:<checkpoint dir>"``.
+
+    Raises:
+        ValueError: for an unknown name.
+        FileNotFoundError: when a SA-CLIP checkpoint is missing (the message names the training command).
+    """
+    name, _, path = spec.partition(":")
+    if name == "estimators" and not path:
+        return EstimatorAssessor()
+    if name == "saclip":
+        from agent.perception.saclip import SAClipAssessor
+
+        return SAClipAssessor(Path(path) if path else None)
+    raise ValueError(f"unknown assessor {spec!r}; use 'estimators', 'saclip' or 'saclip:<checkpoint folder>'")
+
+
+def default_assessor(spec: str | None = None) -> Any:
+    """The agent's assessor: ``spec``, else ``$RESTORA_ASSESSOR``, else :data:`DEFAULT_ASSESSOR`.
+
+    When the shipped SA-CLIP is the default but cannot run here (torch or open_clip missing, weights not
+    packaged), the estimator assessor takes over and a warning says why. A SA-CLIP named explicitly
+    (argument or environment) that cannot load raises instead.
+    """
+    explicit = spec or os.environ.get(ASSESSOR_ENV)
+    chosen = explicit or DEFAULT_ASSESSOR
+    if explicit or chosen == "estimators":
+        return make_assessor(chosen)
+    try:
+        return make_assessor(chosen)
+    except (ImportError, FileNotFoundError) as error:
+        logger.warning("default assessor %r unavailable (%s); using the estimator assessor", chosen, error)
+        return EstimatorAssessor()

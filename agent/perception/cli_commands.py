@@ -13,29 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
+
+from agent.perception.assessor import make_assessor
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
-
-def make_assessor(spec: str) -> Any:
-    """Build the assessor named by ``spec``: ``"estimators"``, ``"saclip"`` or ``"saclip:<checkpoint dir>"``.
-
-    Raises:
-        ValueError: for an unknown name.
-        FileNotFoundError: when a SA-CLIP checkpoint is missing (the message names the training command).
-    """
-    name, _, path = spec.partition(":")
-    if name == "estimators" and not path:
-        from agent.perception.assessor import EstimatorAssessor
-
-        return EstimatorAssessor()
-    if name == "saclip":
-        from agent.perception.saclip import SAClipAssessor
-
-        return SAClipAssessor(Path(path) if path else None)
-    raise ValueError(f"unknown assessor {spec!r}; use 'estimators', 'saclip' or 'saclip:<checkpoint folder>'")
+__all__ = ["make_assessor"]
 
 
 def report_to_json(report: Any) -> dict[str, Any]:

@@ -238,12 +238,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--real-limit", type=int, default=40, help="images per real set (0: skip the real sets)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=None, help="write the full result (confusion matrix...) as JSON")
+    parser.add_argument(
+        "--write-card",
+        action="store_true",
+        help="SA-CLIP only: store the result as evaluation.json in the checkpoint folder and update its MODEL_CARD.md",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not (args.shared / "data" / "clean").is_dir():
         print(f"error: {args.shared}/data/clean not found; pass --shared", file=sys.stderr)
         return 2
     assessor = make_assessor(args.assessor)
+    folder = getattr(assessor, "folder", None)
+    if args.write_card and folder is None:
+        print("error: --write-card needs a SA-CLIP assessor (saclip or saclip:<folder>)", file=sys.stderr)
+        return 2
     single, mixed = synthetic_sets(args.shared, args.per_class, args.mixtures, args.seed)
     real = load_real_sets(args.shared, args.real_limit) if args.real_limit > 0 else {}
     result = evaluate_assessor(assessor, single, mixed, real)
@@ -252,6 +261,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=1))
         print(f"wrote {args.out}")
+    if args.write_card and folder is not None:
+        from agent.perception.saclip_train import write_model_card
+
+        (folder / "evaluation.json").write_text(json.dumps(result, indent=1))
+        print(f"wrote {write_model_card(folder, result)}")
     return 0
 
 

@@ -599,7 +599,13 @@ class SAClipAssessor:
     def __init__(
         self, model: SAClipModel | Path | str | None = None, with_parameters: bool = True, device: str = "cpu"
     ) -> None:
-        self.model = model if isinstance(model, SAClipModel) else load_checkpoint(model, device=device)
+        #: The checkpoint folder the model came from (``None`` for a model passed in).
+        self.folder: Path | None = None
+        if isinstance(model, SAClipModel):
+            self.model = model
+        else:
+            self.folder = Path(model) if model is not None else DEFAULT_WEIGHTS_DIR
+            self.model = load_checkpoint(self.folder, device=device)
         self.model.eval()
         self.device = device
         self.with_parameters = with_parameters

@@ -36,11 +36,12 @@ The metric functions (:func:`confusion_matrix`, :func:`classification_scores`, :
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -193,6 +194,159 @@ class SyntheticStream(torch.utils.data.IterableDataset):
             sample = make_sample(image, labels, self.size, rng, measurement_names=self.measurement_names)
             sample["has_clean"] = np.asarray(bool(labels) and rng.random() < self.p_with_clean, dtype=np.float32)
             yield sample
+
+
+# A pre-synthesised training set: measuring a crop with the estimators costs ~40 ms, ten times the
+# synthesis, so training on the fly spends most of its time measuring. The cache measures each sample
+# once, in parallel, in resumable chunks; training then draws batches from it.
+
+CACHE_CHUNK = 500
+_CACHE_IMAGES: list[np.ndarray] = []
+
+
+def _cache_chunk(args: tuple[int, int, int, list[str], tuple[float, float, float]]) -> dict[str, np.ndarray]:
+    """Synthesise chunk ``index`` of a cache (runs in a worker; the photos are inherited at fork)."""
+    index, size, seed, names, (p_clean, p_mixed, p_with_clean) = args
+    rng = np.random.default_rng([seed, 4242, index])
+    rows: dict[str, list[np.ndarray]] = {}
+    for _ in range(CACHE_CHUNK):
+        image = _CACHE_IMAGES[int(rng.integers(len(_CACHE_IMAGES)))]
+        labels = draw_labels(rng, p_clean, p_mixed)
+        sample = make_sample(image, labels, size, rng)
+        # quantise as a camera file would, then measure what the model will see
+        degraded = np.round(np.clip(sample["image"], 0, 1) * 255).astype(np.uint8)
+        clean = np.round(np.clip(sample["clean"], 0, 1) * 255).astype(np.uint8)
+        has_clean = bool(labels) and rng.random() < p_with_clean
+        row = {
+            "image": degraded,
+            "clean": clean,
+            "target": sample["target"],
+            "presence": sample["presence"],
+            "severity": sample["severity"],
+            "has_clean": np.asarray(has_clean, np.float32),
+        }
+        if names:
+            from agent.perception.estimators import measure
+
+            row["measurements"] = _measure_row(degraded, names, measure)
+            row["clean_measurements"] = (
+                _measure_row(clean, names, measure) if has_clean else np.zeros(len(names), np.float32)
+            )
+        for key, value in row.items():
+            rows.setdefault(key, []).append(value)
+    return {key: np.stack(values) for key, values in rows.items()}
+
+
+def _measure_row(chw_uint8: np.ndarray, names: Sequence[str], measure: Any) -> np.ndarray:
+    values = measure(np.ascontiguousarray(chw_uint8.transpose(1, 2, 0), dtype=np.float32) / 255.0)
+    return np.array([values[k] for k in names], np.float32)
+
+
+def build_cache(
+    folder: Path,
+    images: Sequence[np.ndarray],
+    count: int,
+    size: int,
+    seed: int,
+    measurement_names: Sequence[str] = (),
+    workers: int = 1,
+    probabilities: tuple[float, float, float] = (0.05, 0.3, 0.25),
+) -> dict[str, np.ndarray]:
+    """Synthesise (or reload) ``count`` training samples into ``folder`` and return them as arrays.
+
+    Samples are made in chunks of :data:`CACHE_CHUNK`, each seeded by ``(seed, chunk)`` and saved as
+    ``chunk_NNNNN.npz`` as soon as it is done, so an interrupted build resumes where it stopped and the
+    result does not depend on ``workers``. ``meta.json`` records the settings; a folder made with other
+    settings is refused rather than mixed.
+
+    Args:
+        folder: Cache folder (not inside the checkpoint folder: it holds gigabytes).
+        images: Clean training photos (float32 RGB).
+        count: Number of samples, rounded up to whole chunks.
+        size: Crop side.
+        seed: Base seed.
+        measurement_names: Also store the estimators' measurements of each crop (and of its clean crop).
+        workers: Worker processes (fork).
+        probabilities: ``(p_clean, p_mixed, p_with_clean)`` as in :class:`SyntheticStream`.
+
+    Returns:
+        ``image`` / ``clean`` uint8 ``(N, 3, S, S)``, ``target``, ``presence``, ``severity``, ``has_clean``
+        and, with measurements, ``measurements`` / ``clean_measurements``.
+    """
+    import multiprocessing
+
+    from tqdm import tqdm
+
+    global _CACHE_IMAGES
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "size": size,
+        "seed": seed,
+        "chunk": CACHE_CHUNK,
+        "measurement_names": list(measurement_names),
+        "probabilities": list(probabilities),
+        "images": len(images),
+    }
+    meta_path = folder / "meta.json"
+    if meta_path.is_file():
+        existing = json.loads(meta_path.read_text())
+        if existing != meta:
+            raise ValueError(f"{folder} holds a cache made with other settings ({existing}); pick another folder")
+    else:
+        meta_path.write_text(json.dumps(meta, indent=2))
+    chunks = math.ceil(count / CACHE_CHUNK)
+    todo = [i for i in range(chunks) if not (folder / f"chunk_{i:05d}.npz").is_file()]
+    if todo:
+        _CACHE_IMAGES = list(images)
+        jobs = [(i, size, seed, list(measurement_names), probabilities) for i in todo]
+        bar = tqdm(total=len(todo) * CACHE_CHUNK, desc="synthesising", unit="sample")
+        context = multiprocessing.get_context("fork")
+        with context.Pool(max(1, workers)) if workers > 1 else _InlinePool() as pool:
+            for index, arrays in zip(todo, pool.imap(_cache_chunk, jobs), strict=True):
+                tmp = folder / f"chunk_{index:05d}.tmp.npz"
+                np.savez(tmp, **arrays)
+                tmp.replace(folder / f"chunk_{index:05d}.npz")
+                bar.update(CACHE_CHUNK)
+        bar.close()
+        _CACHE_IMAGES = []
+    parts = [dict(np.load(folder / f"chunk_{i:05d}.npz")) for i in range(chunks)]
+    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+
+
+def default_cache_dir(size: int, seed: int, measurement_names: Sequence[str]) -> Path:
+    """``~/.cache/restora/saclip-s<size>-seed<seed>[-measured]``: one folder per distinct cache setting."""
+    suffix = "-measured" if measurement_names else ""
+    return Path.home() / ".cache" / "restora" / f"saclip-s{size}-seed{seed}{suffix}"
+
+
+class _InlinePool:
+    """The ``imap`` of a pool, run in this process (``workers`` <= 1)."""
+
+    def __enter__(self) -> _InlinePool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def imap(self, function: Any, jobs: Sequence[Any]) -> Iterator[Any]:
+        return (function(job) for job in jobs)
+
+
+def cached_batch(cache: Mapping[str, np.ndarray], rng: np.random.Generator, batch_size: int) -> dict[str, torch.Tensor]:
+    """A random batch from a :func:`build_cache` set, collated like the stream's (pixels back in [0, 1]).
+
+    Half of the rows are mirrored left-right (the measurements do not depend on it).
+    """
+    rows = rng.integers(len(cache["image"]), size=batch_size)
+    flip = rng.random(batch_size) < 0.5
+    batch: dict[str, torch.Tensor] = {}
+    for key, values in cache.items():
+        chosen = values[rows]
+        if key in ("image", "clean"):
+            chosen = np.where(flip[:, None, None, None], chosen[..., ::-1], chosen).astype(np.float32) / 255.0
+        batch[key] = torch.from_numpy(np.ascontiguousarray(chosen))
+    return batch
 
 
 def assemble_batch(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -429,12 +583,33 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     if settings.use_measurements and step == 0:
         _fit_measurement_scaler(model, train_images, settings.image_size, args.seed, names)
     val = validation_set(val_images, settings.image_size, args.seed + 1, args.val_per_class, args.val_mixed, names)
-    stream = SyntheticStream(train_images, settings.image_size, seed=args.seed, start=step, measurement_names=names)
-    loader = torch.utils.data.DataLoader(
-        stream, batch_size=args.batch_size, num_workers=args.workers, persistent_workers=args.workers > 0
-    )
+    loader: Iterable[Mapping[str, torch.Tensor]]
+    if args.cache:
+        cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir(settings.image_size, args.seed, names)
+        cache = build_cache(
+            cache_dir, train_images, args.cache, settings.image_size, args.seed, names, max(1, args.workers)
+        )
+        loader = (
+            cached_batch(cache, np.random.default_rng([args.seed, 17, s]), args.batch_size)
+            for s in itertools.count(step)
+        )
+    else:
+        stream = SyntheticStream(train_images, settings.image_size, seed=args.seed, start=step, measurement_names=names)
+        loader = torch.utils.data.DataLoader(
+            stream, batch_size=args.batch_size, num_workers=args.workers, persistent_workers=args.workers > 0
+        )
     weights = LossWeights(lambda_sa=args.lambda_sa, cross_entropy=args.ce_weight)
-    record = {"backend": settings.backend, "seed": args.seed, "batch_size": args.batch_size, "lr": args.lr}
+    record = {
+        "backend": settings.backend,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "device": str(device),
+        "cache_samples": args.cache,
+        "train_photos": len(train_images),
+        "validation_photos": len(val_images),
+        "data": "calibration split of shared/data/clean (evals.synthesis.clean_split), last photos held out",
+    }
     metrics: dict[str, Any] = {}
     bar = tqdm(total=args.steps, initial=step, desc="saclip", unit="step")
     running: dict[str, float] = {}
@@ -456,7 +631,59 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             _save(model, optimizer, scheduler, step, out, record)
     bar.close()
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_model_card(out)
     return metrics
+
+
+def write_model_card(folder: Path, evaluation: Mapping[str, Any] | None = None) -> Path:
+    """Write ``MODEL_CARD.md`` for the SA-CLIP checkpoint in ``folder``.
+
+    Args:
+        folder: A checkpoint folder (its ``saclip.json`` holds the training record, ``metrics.json`` the
+            last validation).
+        evaluation: A result of :func:`agent.perception.evaluate.evaluate_assessor` (held-out evaluation
+            photos and real sets); ``None`` keeps the card's note on how to produce it.
+    """
+    settings = json.loads((folder / saclip.SETTINGS_FILE).read_text())
+    record = settings.get("training", {})
+    config = json.loads((folder / saclip.OPEN_CLIP_CONFIG_FILE).read_text())
+    weights = folder / saclip.WEIGHTS_FILE
+    vision = config.get("model_cfg", config).get("vision_cfg", {})
+    validation = record.get("validation", {})
+    lines = [
+        "# SA-CLIP default: which degradations an image carries",
+        "",
+        f"open_clip config `{saclip.DEFAULT_MODEL_NAME}` (ModifiedResNet image tower, width {vision.get('width')}, "
+        f"layers {vision.get('layers')}, input {settings['image_size']} px; two-layer text tower) plus presence and "
+        f"severity heads{' and the estimators measurements MLP' if settings['use_measurements'] else ''}; "
+        f"{weights.stat().st_size / 1e6:.1f} MB. At inference {settings['crops']} native-resolution crops "
+        "are averaged.",
+        "",
+        "## Training",
+        f"- Data: {record.get('data', 'n/a')}; {record.get('train_photos', '?')} photos trained on, "
+        f"{record.get('validation_photos', '?')} held out for validation.",
+        f"- {record.get('cache_samples') or 'on-the-fly'} synthesised samples (single degradations, mixtures of "
+        "two or three, clean crops; AutoDIR's fidelity + semantic-agnostic losses, cross-entropy, presence BCE, "
+        "severity L1).",
+        f"- {record.get('steps')} steps, batch {record.get('batch_size')}, AdamW lr {record.get('lr')}, seed "
+        f"{record.get('seed')}, {record.get('seconds')} s on {record.get('device', 'cpu')}.",
+        f"- Reproduce: `{saclip.TRAIN_COMMAND} --measurements --cache {record.get('cache_samples')} "
+        f"--steps {record.get('steps')} --batch-size {record.get('batch_size')}`.",
+        "",
+        "## Validation (held-out calibration photos, synthetic)",
+        "",
+    ]
+    lines += [f"- {key}: {value:.3f}" for key, value in validation.items() if isinstance(value, float)]
+    lines += ["", "## Held-out evaluation (evaluation photos and real sets)", ""]
+    if evaluation is None:
+        lines.append("Not run yet: `python -m agent.perception.evaluate --assessor saclip:<folder> --write-card`.")
+    else:
+        from agent.perception.evaluate import format_result
+
+        lines += ["```", format_result(dict(evaluation)), "```"]
+    path = folder / "MODEL_CARD.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def _fit_measurement_scaler(model: SAClipModel, images, size: int, seed: int, names: Sequence[str]) -> None:
@@ -518,7 +745,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-side", type=int, default=512, help="photos are centre-cropped to this side when loaded")
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--save-every", type=int, default=250)
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers synthesising samples")
+    p.add_argument("--workers", type=int, default=0, help="processes synthesising samples (stream or cache)")
+    p.add_argument(
+        "--cache", type=int, default=0, help="train on N samples synthesised once (0: synthesise on the fly)"
+    )
+    p.add_argument("--cache-dir", default=None, help="where the --cache samples are kept (default ~/.cache/restora)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--seed", type=int, default=0)
