@@ -417,3 +417,38 @@ def test_default_assessor_follows_env_and_falls_back_when_weights_are_missing(mo
     assert isinstance(assessor_module.default_assessor(), assessor_module.EstimatorAssessor)
     with pytest.raises(ValueError, match="unknown assessor"):
         assessor_module.default_assessor("clip-magic")
+
+
+def test_output_offsets_rebalance_decisions_and_never_hurt_the_fitting_data(tiny_model):
+    from agent.perception.saclip_train import fit_class_bias, fit_output_biases, fit_presence_bias
+
+    rng = np.random.default_rng(0)
+    true_class = np.repeat(np.arange(3), 20)
+    logits = rng.normal(0, 0.3, (60, 3))
+    logits[np.arange(60), true_class] += 1.0
+    logits[:, 0] -= 1.5  # class 0 is systematically under-scored: it almost never wins
+    assert ((logits.argmax(1) == 0) & (true_class == 0)).sum() < 5
+    bias = fit_class_bias(logits, true_class)
+    assert bias[0] - bias[1:].max() >= 1.0
+    assert ((logits + bias).argmax(1) == true_class).mean() >= (logits.argmax(1) == true_class).mean()
+    assert ((logits + bias).argmax(1) == true_class).mean() > 0.9
+    # presence: positives sit at logit -1, negatives at -3 -> the offset moves the boundary between them
+    presence = np.where(np.arange(40)[:, None] % 2 == 0, -1.0, -3.0) * np.ones((1, 2))
+    truth = (np.arange(40)[:, None] % 2 == 0) & np.array([[True, False]])
+    offsets = fit_presence_bias(presence, truth)
+    assert 1.0 < offsets[0] < 3.0 and offsets[1] == 0.0  # no positives of type 1: left alone
+    # on a model: offsets are stored in the settings and applied by forward()
+    photo = procedural_image(64, 64, seed=5)
+    samples = [make_sample(photo, labels, 32, rng) for labels in ([], [Degradation.NOISE], [Degradation.HAZE]) * 2]
+    fitted = fit_output_biases(tiny_model, samples)
+    assert fitted["single_accuracy"]["after"] >= fitted["single_accuracy"]["before"]
+    assert len(tiny_model.settings.class_bias) == len(CLASSES)
+    tiny_model.eval()
+    x = torch.from_numpy(samples[0]["image"][None])
+    with_bias = tiny_model(x)["logits"]
+    tiny_model.settings.class_bias = []
+    assert torch.allclose(with_bias - tiny_model(x)["logits"], torch.tensor(fitted_bias_row(fitted)), atol=1e-5)
+
+
+def fitted_bias_row(fitted: dict) -> list[float]:
+    return [fitted["class_bias"][c] for c in CLASSES]

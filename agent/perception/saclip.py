@@ -114,6 +114,11 @@ class SAClipSettings:
         measurement_hidden: Hidden width of the measurement MLP.
         crops: Number of native-resolution crops averaged at inference (1 = centre only, up to 5).
         image_size: Crop side fed to the image tower (the open_clip config's ``image_size``).
+        class_bias: Offsets added to the K prompt logits after training (empty: none), fitted on held-out
+            photos so that the softmax's decisions are balanced over the classes
+            (:func:`agent.perception.saclip_train.fit_output_biases`).
+        presence_bias: Offsets added to the T presence logits, so that probability 0.5 is each type's
+            best operating point on the same held-out photos (empty: none).
         training: Free-form record of how the checkpoint was trained (steps, data, seed, ...).
     """
 
@@ -125,6 +130,8 @@ class SAClipSettings:
     measurement_hidden: int = 64
     crops: int = 5
     image_size: int = 160
+    class_bias: list[float] = field(default_factory=list)
+    presence_bias: list[float] = field(default_factory=list)
     training: dict[str, Any] = field(default_factory=dict)
 
 
@@ -340,9 +347,14 @@ class SAClipModel(nn.Module):
         logits = self.clip.logit_scale.exp() * features @ self.text_features().T
         heads = self.heads(features)
         n_types = len(TYPES)
+        presence_logits = heads[:, :n_types]
+        if self.settings.class_bias:
+            logits = logits + logits.new_tensor(self.settings.class_bias)
+        if self.settings.presence_bias:
+            presence_logits = presence_logits + presence_logits.new_tensor(self.settings.presence_bias)
         return {
             "logits": logits,
-            "presence_logits": heads[:, :n_types],
+            "presence_logits": presence_logits,
             "severity": torch.sigmoid(heads[:, n_types:]),
             "image_features": features,
         }

@@ -11,6 +11,14 @@ two or three (half of them MiO100 combinations), sometimes none (the clean crop 
 For a share of the degraded crops the clean crop rides along: it is a ``"no"`` example and the ground
 truth of AutoDIR's semantic-agnostic loss. The loss is :func:`agent.perception.saclip.saclip_loss`.
 
+Measuring a crop with the estimators (needed when the model takes them, ``--measurements``) costs ten
+times its synthesis, so ``--cache N`` synthesises and measures N samples once, in parallel (``--workers``),
+in resumable chunks under ``~/.cache/restora`` (``--cache-dir``), and training draws batches from them
+(mirrored at random). The shipped default was trained that way::
+
+    python -m agent.perception.saclip_train --measurements --cache 48000 --workers 2 --steps 4000 \
+        --batch-size 64 --threads 2 --out agent/perception/weights/saclip
+
 Everything is seeded; checkpoints (``saclip.json``, ``open_clip_config.json``, ``saclip.safetensors`` plus
 ``train_state.pt`` with the optimizer) are written every ``--save-every`` steps and ``--resume`` continues
 from them. A fixed validation set made from the last ``--val-images`` calibration photos (never trained on)
@@ -534,6 +542,119 @@ def evaluate(model: SAClipModel, samples: Sequence[Mapping[str, np.ndarray]], ba
 
 
 # ----------------------------------------------------------------------------------------------
+# Output calibration
+# ----------------------------------------------------------------------------------------------
+
+BIAS_GRID = np.round(np.arange(-4.0, 4.01, 0.25), 2)
+
+
+@torch.no_grad()
+def raw_outputs(model: SAClipModel, samples: Sequence[Mapping[str, np.ndarray]], batch_size: int = 64) -> dict:
+    """Prompt logits and presence logits of ``samples`` without the model's fitted biases."""
+    model.eval()
+    saved = (model.settings.class_bias, model.settings.presence_bias)
+    model.settings.class_bias, model.settings.presence_bias = [], []
+    device = next(model.parameters()).device
+    logits, presence = [], []
+    try:
+        for start in range(0, len(samples), batch_size):
+            chunk = samples[start : start + batch_size]
+            images = torch.from_numpy(np.stack([s["image"] for s in chunk])).to(device)
+            extra = None
+            if model.settings.use_measurements:
+                extra = torch.from_numpy(np.stack([s["measurements"] for s in chunk])).to(device)
+            out = model(images, extra)
+            logits.append(out["logits"].cpu().numpy())
+            presence.append(out["presence_logits"].cpu().numpy())
+    finally:
+        model.settings.class_bias, model.settings.presence_bias = saved
+    return {"logits": np.concatenate(logits), "presence_logits": np.concatenate(presence)}
+
+
+def fit_class_bias(logits: np.ndarray, true_class: np.ndarray, sweeps: int = 3) -> np.ndarray:
+    """Per-class logit offsets that maximise balanced accuracy (mean recall) by coordinate ascent.
+
+    Each sweep tries every value of :data:`BIAS_GRID` for each class in turn and keeps the best (ties
+    go to the smaller offset), so the fit cannot do worse than no offsets on the data it sees.
+    """
+    n_classes = logits.shape[1]
+    present = np.unique(true_class)
+
+    def balanced_accuracy(bias: np.ndarray) -> float:
+        predicted = (logits + bias).argmax(1)
+        return float(np.mean([(predicted[true_class == c] == c).mean() for c in present]))
+
+    bias = np.zeros(n_classes)
+    best = balanced_accuracy(bias)
+    for _ in range(sweeps):
+        improved = False
+        for c in range(n_classes):
+            for value in sorted(BIAS_GRID, key=abs):
+                trial = bias.copy()
+                trial[c] = value
+                score = balanced_accuracy(trial)
+                if score > best + 1e-9:
+                    best, bias, improved = score, trial, True
+        if not improved:
+            break
+    return bias
+
+
+def fit_presence_bias(presence_logits: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Per-type logit offsets moving each type's F1-best threshold to probability 0.5."""
+    bias = np.zeros(presence_logits.shape[1])
+    for j in range(presence_logits.shape[1]):
+        if not truth[:, j].any():
+            continue
+        scores = []
+        for value in BIAS_GRID:
+            predicted = presence_logits[:, j] + value > 0
+            tp = float((predicted & truth[:, j]).sum())
+            scores.append((2 * tp / max(float(predicted.sum() + truth[:, j].sum()), 1.0), -abs(value), value))
+        bias[j] = max(scores)[2]
+    return bias
+
+
+def fit_output_biases(model: SAClipModel, samples: Sequence[Mapping[str, np.ndarray]]) -> dict[str, Any]:
+    """Fit and set the model's ``class_bias`` and ``presence_bias`` on held-out ``samples``.
+
+    Class offsets are fitted on the single-degradation and clean samples (balanced accuracy), presence
+    offsets on all samples (per-type F1). Returns the offsets and the before/after scores on ``samples``.
+    """
+    raw = raw_outputs(model, samples)
+    truth = np.stack([s["presence"] for s in samples]) > 0.5
+    n_labels = truth.sum(1)
+    single = n_labels <= 1
+    true_class = np.where(n_labels == 0, 0, truth.argmax(1) + 1)
+    class_bias = fit_class_bias(raw["logits"][single], true_class[single])
+    presence_bias = fit_presence_bias(raw["presence_logits"], truth)
+
+    def accuracy(bias: np.ndarray) -> float:
+        return float(((raw["logits"][single] + bias).argmax(1) == true_class[single]).mean())
+
+    def micro_f1(bias: np.ndarray) -> float:
+        return multilabel_f1(truth, raw["presence_logits"] + bias > 0)["micro_f1"]
+
+    model.settings.class_bias = [round(float(v), 3) for v in class_bias]
+    model.settings.presence_bias = [round(float(v), 3) for v in presence_bias]
+    zero_c, zero_p = np.zeros_like(class_bias), np.zeros_like(presence_bias)
+    return {
+        "class_bias": dict(zip(CLASSES, model.settings.class_bias, strict=True)),
+        "presence_bias": {d.value: v for d, v in zip(TYPES, model.settings.presence_bias, strict=True)},
+        "samples": len(samples),
+        "single_accuracy": {"before": accuracy(zero_c), "after": accuracy(class_bias)},
+        "presence_micro_f1": {"before": micro_f1(zero_p), "after": micro_f1(presence_bias)},
+    }
+
+
+def calibrate_outputs(model: SAClipModel, images: Sequence[np.ndarray], seed: int, per_class: int, mixed: int) -> dict:
+    """Draw a calibration set from ``images`` (held-out photos) and :func:`fit_output_biases` on it."""
+    names = model.settings.measurement_names if model.settings.use_measurements else []
+    samples = validation_set(images, model.settings.image_size, seed, per_class, mixed, names)
+    return fit_output_biases(model, samples)
+
+
+# ----------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------
 
@@ -560,6 +681,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     state_path = out / TRAIN_STATE_FILE
     if args.resume and state_path.is_file():
         model = saclip.load_checkpoint(out, device=device)
+        model.settings.class_bias, model.settings.presence_bias = [], []  # refitted after training
         state = torch.load(state_path, map_location=device, weights_only=False)
         logger.info("resuming %s at step %d", out, state["step"])
     else:
@@ -630,6 +752,28 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             record.update(steps=step, seconds=round(time.perf_counter() - started, 1), validation=_brief(metrics))
             _save(model, optimizer, scheduler, step, out, record)
     bar.close()
+    if args.calibrate_per_class > 0 and val_images:
+        metrics = finish_calibration(model, out, val_images, val, args)
+    else:
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_model_card(out)
+    return metrics
+
+
+def finish_calibration(
+    model: SAClipModel,
+    out: Path,
+    held_out: Sequence[np.ndarray],
+    validation: Sequence[Mapping[str, np.ndarray]],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Fit the output offsets on fresh crops of the held-out photos, re-validate, save, write the card."""
+    fitted = calibrate_outputs(model, held_out, args.seed + 2, args.calibrate_per_class, args.calibrate_mixed)
+    logger.info("output offsets: %s", fitted)
+    metrics = evaluate(model, validation)
+    record = dict(model.settings.training)
+    record.update(output_calibration=fitted, validation=_brief(metrics))
+    saclip.save_checkpoint(model, out, training=record)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     write_model_card(out)
     return metrics
@@ -753,6 +897,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--calibrate-per-class",
+        type=int,
+        default=60,
+        help="after training, fit the output offsets on this many held-out crops per class (0: skip)",
+    )
+    p.add_argument("--calibrate-mixed", type=int, default=200, help="held-out mixtures for the presence offsets")
+    p.add_argument(
+        "--calibrate-only", action="store_true", help="only fit the output offsets of the checkpoint in --out"
+    )
     return p
 
 
@@ -761,7 +915,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logger.setLevel(logging.INFO)
     args = build_parser().parse_args(argv)
-    metrics = train(args)
+    if args.calibrate_only:
+        out = Path(args.out)
+        model = saclip.load_checkpoint(out)
+        _, held_out = _load_split(Path(args.shared), args.val_images, args.max_side)
+        names = model.settings.measurement_names if model.settings.use_measurements else []
+        size = model.settings.image_size
+        val = validation_set(held_out, size, args.seed + 1, args.val_per_class, args.val_mixed, names)
+        metrics = finish_calibration(model, out, held_out, val, args)
+    else:
+        metrics = train(args)
     logger.info("final validation: %s", _brief(metrics))
     return 0
 
