@@ -452,3 +452,34 @@ def test_output_offsets_rebalance_decisions_and_never_hurt_the_fitting_data(tiny
 
 def fitted_bias_row(fitted: dict) -> list[float]:
     return [fitted["class_bias"][c] for c in CLASSES]
+
+
+def test_hybrid_blends_estimator_probabilities_into_the_report(tiny_model):
+    from agent.perception.assessor import EstimatorAssessor
+    from agent.perception.estimators import measure
+
+    photo = procedural_image(64, 64, seed=4)
+    alone = saclip.SAClipAssessor(tiny_model).assess(photo)
+    hybrid = saclip.SAClipAssessor(tiny_model, blend=0.5)
+    mixed = hybrid.assess(photo)
+    estimators = EstimatorAssessor().assess_measurements(measure(photo))
+    assert hybrid.name == "saclip+estimators" and saclip.softmax_dominant(mixed) is None
+    assert saclip.softmax_dominant(alone) is not None
+    for degradation in TYPES:
+        expected = 0.5 * alone.probability(degradation) + 0.5 * estimators.probability(degradation)
+        assert mixed.probability(degradation) == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(ValueError, match="blend"):
+        saclip.SAClipAssessor(tiny_model, blend=1.5)
+
+
+@pytest.mark.skipif(not (saclip.DEFAULT_WEIGHTS_DIR / saclip.WEIGHTS_FILE).is_file(), reason="no packaged SA-CLIP")
+def test_packaged_default_loads_and_recognises_strong_noise():
+    from evals.synthesis import synthesize
+
+    assessor = saclip.SAClipAssessor()
+    assert assessor.model.settings.use_measurements and len(assessor.model.settings.class_bias) == len(CLASSES)
+    photo = procedural_image(192, 192, seed=11)
+    noisy = synthesize(photo, [Degradation.NOISE], seed=1, severity=1.0).image
+    report = assessor.assess(noisy)
+    assert report.probability(Degradation.NOISE) > 0.5
+    assert saclip.softmax_dominant(report) == "noise"

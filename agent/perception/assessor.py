@@ -297,7 +297,9 @@ DEFAULT_ASSESSOR = "estimators"
 
 
 def make_assessor(spec: str) -> Any:
-    """Build the assessor named by ``spec``: ``"estimators"``, ``"saclip"`` or ``"saclip:<checkpoint dir>"``.
+    """Build the assessor named by ``spec``: ``"estimators"``, ``"saclip[:<checkpoint dir>]"`` or ``"hybrid[:<dir>]"``.
+
+    ``hybrid`` is SA-CLIP with the estimator assessor's probabilities and severities averaged in.
 
     Raises:
         ValueError: for an unknown name.
@@ -306,11 +308,13 @@ def make_assessor(spec: str) -> Any:
     name, _, path = spec.partition(":")
     if name == "estimators" and not path:
         return EstimatorAssessor()
-    if name == "saclip":
+    if name in ("saclip", "hybrid"):
         from agent.perception.saclip import SAClipAssessor
 
-        return SAClipAssessor(Path(path) if path else None)
-    raise ValueError(f"unknown assessor {spec!r}; use 'estimators', 'saclip' or 'saclip:<checkpoint folder>'")
+        return SAClipAssessor(Path(path) if path else None, blend=0.5 if name == "hybrid" else 0.0)
+    raise ValueError(
+        f"unknown assessor {spec!r}; use 'estimators', 'saclip[:<checkpoint folder>]' or 'hybrid[:<folder>]'"
+    )
 
 
 def default_assessor(spec: str | None = None) -> Any:

@@ -604,13 +604,27 @@ class SAClipAssessor:
         model: A loaded :class:`SAClipModel`, or a checkpoint folder; ``None`` loads the packaged default.
         with_parameters: Fill the parameters (and measurements) from the estimator assessor.
         device: Torch device for inference.
+        blend: Weight of the estimator assessor in each type's probability and severity (``hybrid``
+            assessor: 0.5); blended reports carry no softmax winner, their dominant type is the most
+            probable one at or above 0.5.
     """
 
     name = "saclip"
 
     def __init__(
-        self, model: SAClipModel | Path | str | None = None, with_parameters: bool = True, device: str = "cpu"
+        self,
+        model: SAClipModel | Path | str | None = None,
+        with_parameters: bool = True,
+        device: str = "cpu",
+        blend: float = 0.0,
     ) -> None:
+        if not 0.0 <= blend <= 1.0:
+            raise ValueError(f"blend must be in [0, 1], got {blend}")
+        #: Weight of the estimator assessor's probabilities and severities in the report (0: SA-CLIP alone).
+        self.blend = blend
+        if blend > 0:
+            with_parameters = True
+            self.name = "saclip+estimators"
         #: The checkpoint folder the model came from (``None`` for a model passed in).
         self.folder: Path | None = None
         if isinstance(model, SAClipModel):
@@ -671,15 +685,23 @@ class SAClipAssessor:
                 base = self._estimator_assessor().assess_measurements(measurements)
         raw = self.predict(image, measurements or None)
         estimates = {}
+        w = self.blend
         for i, degradation in enumerate(TYPES):
-            params = dict(base.estimates[degradation].params) if base is not None else {}
+            probability, severity = float(raw["presence"][i]), float(raw["severity"][i])
+            params: dict[str, float] = {}
+            if base is not None:
+                other = base.estimates[degradation]
+                params = dict(other.params)
+                probability = (1 - w) * probability + w * other.probability
+                severity = (1 - w) * severity + w * other.severity
             estimates[degradation] = DegradationEstimate(
-                probability=float(np.clip(raw["presence"][i], 0.0, 1.0)),
-                severity=float(np.clip(raw["severity"][i], 0.0, 1.0)),
+                probability=float(np.clip(probability, 0.0, 1.0)),
+                severity=float(np.clip(severity, 0.0, 1.0)),
                 params=params,
             )
         extra = {f"saclip_softmax_{c}": float(p) for c, p in zip(CLASSES, raw["softmax"], strict=True)}
-        extra["saclip_dominant_index"] = float(int(np.argmax(raw["softmax"])))
+        if w == 0:  # blended reports are decided by their presence probabilities, not by the softmax alone
+            extra["saclip_dominant_index"] = float(int(np.argmax(raw["softmax"])))
         report = DegradationReport(assessor=self.name, estimates=estimates, measurements={**measurements, **extra})
         report.seconds = time.perf_counter() - start
         return report

@@ -648,9 +648,19 @@ def fit_output_biases(model: SAClipModel, samples: Sequence[Mapping[str, np.ndar
 
 
 def calibrate_outputs(model: SAClipModel, images: Sequence[np.ndarray], seed: int, per_class: int, mixed: int) -> dict:
-    """Draw a calibration set from ``images`` (held-out photos) and :func:`fit_output_biases` on it."""
+    """Draw a calibration set from ``images`` (held-out photos) and :func:`fit_output_biases` on it.
+
+    ``per_class`` crops of every class alone (clean included) and ``mixed`` mixtures, half of them MiO100
+    combinations and half any two or three types.
+    """
     names = model.settings.measurement_names if model.settings.use_measurements else []
-    samples = validation_set(images, model.settings.image_size, seed, per_class, mixed, names)
+    size = model.settings.image_size
+    samples = validation_set(images, size, seed, per_class, mixed // 2, names)
+    # the other half: mixtures of any two or three types (MiO100's never include colour cast or raindrop)
+    rng = np.random.default_rng([seed, 31])
+    for j in range(mixed - mixed // 2):
+        labels = [TYPES[i] for i in rng.choice(len(TYPES), size=int(rng.integers(2, 4)), replace=False)]
+        samples.append(make_sample(images[j % len(images)], labels, size, rng, measurement_names=names))
     return fit_output_biases(model, samples)
 
 
