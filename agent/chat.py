@@ -461,7 +461,7 @@ def add_chat_parser(subparsers: Any) -> None:
     chat.add_argument("--policy", default="default", help="policy name or YAML file")
     chat.add_argument("--workdir", default=None, help="session folder (default: ./<image stem>.chat)")
     chat.add_argument("--approve", action="store_true", help="ask before every tool call (y/n/edit)")
-    chat.add_argument("--assessor", default=None, help="estimators or saclip[:<folder>]")
+    chat.add_argument("--assessor", default=None, help="estimators, saclip[:<folder>] or hybrid[:<folder>]")
     chat.set_defaults(func=cmd_chat)
 
 

@@ -148,14 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue interrupted runs from their checkpoints")
     run.add_argument("--recursive", action="store_true", help="descend into sub-folders")
     run.add_argument("--iqa-weights", default=None, help="folder with pyiqa weight files (e.g. NIQE's)")
-    run.add_argument("--assessor", default=None, help="estimators or saclip[:<folder>]")
+    run.add_argument("--assessor", default=None, help="estimators, saclip[:<folder>] or hybrid[:<folder>]")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar or per-image lines")
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="restore a built-in degraded example")
     demo.add_argument("-o", "--output", default="restora-demo", help="output folder (default: restora-demo)")
     demo.add_argument("--policy", default="default", help="policy name or YAML file")
-    demo.add_argument("--assessor", default=None, help="estimators or saclip[:<folder>]")
+    demo.add_argument("--assessor", default=None, help="estimators, saclip[:<folder>] or hybrid[:<folder>]")
     demo.add_argument("-q", "--quiet", action="store_true")
     demo.set_defaults(func=cmd_demo)
 

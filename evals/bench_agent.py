@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         help="diagnostic upper bound: best-of-k ranks candidates by their true PSNR gain (uses the clean image)",
     )
     parser.add_argument(
-        "--assessor", default=None, help="estimators | saclip | saclip:<checkpoint folder> (default: the agent's)"
+        "--assessor", default=None, help="estimators | saclip[:<folder>] | hybrid[:<folder>] (default: the agent's)"
     )
     parser.add_argument("--limit", type=int, default=None, help="only the first N images (smoke test)")
     parser.add_argument("--report", default=None, help="only print the tables of an earlier results.json")

@@ -43,7 +43,7 @@ def time_assessor(assessor: object, size: int, repeats: int, seed: int = 0) -> l
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m agent.perception.bench``."""
     parser = argparse.ArgumentParser(prog="python -m agent.perception.bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--assessor", default="estimators", help="estimators | saclip | saclip:<checkpoint folder>")
+    parser.add_argument("--assessor", default="estimators", help="estimators | saclip[:<folder>] | hybrid[:<folder>]")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args(argv)

@@ -2,7 +2,7 @@
 
 The lead wires :func:`add_assess_parser` into :mod:`agent.cli`::
 
-    restora assess IMAGE... [--json] [--assessor estimators|saclip[:CHECKPOINT_DIR]]
+    restora assess IMAGE... [--json] [--assessor estimators|saclip[:CHECKPOINT_DIR]|hybrid[:CHECKPOINT_DIR]]
 
 Without ``--json`` each image gets a table (per-type probability and severity, the estimated parameters)
 and its dominant degradation; with ``--json`` one JSON object keyed by file name goes to standard output.
@@ -100,7 +100,7 @@ def add_assess_parser(subparsers: Any) -> argparse.ArgumentParser:
     assess.add_argument(
         "--assessor",
         default="estimators",
-        help="estimators (default), saclip (the packaged checkpoint) or saclip:<checkpoint folder>",
+        help="estimators (default), saclip[:<checkpoint folder>] (SA-CLIP) or hybrid[:<folder>] (both averaged)",
     )
     assess.set_defaults(func=cmd_assess)
     return assess

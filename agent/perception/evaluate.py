@@ -231,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from agent.perception.cli_commands import make_assessor
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--assessor", default="estimators", help="estimators | saclip | saclip:<checkpoint folder>")
+    parser.add_argument("--assessor", default="estimators", help="estimators | saclip[:<folder>] | hybrid[:<folder>]")
     parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
     parser.add_argument("--per-class", type=int, default=20, help="single-degradation crops per class")
     parser.add_argument("--mixtures", type=int, default=160, help="crops with two or three degradations")
