@@ -501,6 +501,26 @@ def validation_set(
 
 
 @torch.no_grad()
+def model_outputs(
+    model: SAClipModel, samples: Sequence[Mapping[str, np.ndarray]], batch_size: int = 64
+) -> dict[str, np.ndarray]:
+    """``logits``, ``presence_logits`` and ``severity`` of ``samples`` (eval mode, in batches) as arrays."""
+    model.eval()
+    device = next(model.parameters()).device
+    parts: dict[str, list[np.ndarray]] = {"logits": [], "presence_logits": [], "severity": []}
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start : start + batch_size]
+        images = torch.from_numpy(np.stack([s["image"] for s in chunk])).to(device)
+        extra = None
+        if model.settings.use_measurements:
+            extra = torch.from_numpy(np.stack([s["measurements"] for s in chunk])).to(device)
+        out = model(images, extra)
+        for key, values in parts.items():
+            values.append(out[key].cpu().numpy())
+    return {key: np.concatenate(values) for key, values in parts.items()}
+
+
+@torch.no_grad()
 def evaluate(model: SAClipModel, samples: Sequence[Mapping[str, np.ndarray]], batch_size: int = 64) -> dict[str, Any]:
     """Score samples from :func:`validation_set` or :func:`make_sample`.
 
@@ -509,20 +529,10 @@ def evaluate(model: SAClipModel, samples: Sequence[Mapping[str, np.ndarray]], ba
         samples, with ``confusion``; ``clean_no_rate``: share of clean samples where "no" wins;
         ``multilabel``: :func:`multilabel_f1` of presence > 0.5 on mixtures; ``severity_mae`` on all.
     """
-    model.eval()
-    device = next(model.parameters()).device
-    softmax, presence, severity = [], [], []
-    for start in range(0, len(samples), batch_size):
-        chunk = samples[start : start + batch_size]
-        images = torch.from_numpy(np.stack([s["image"] for s in chunk])).to(device)
-        extra = None
-        if model.settings.use_measurements:
-            extra = torch.from_numpy(np.stack([s["measurements"] for s in chunk])).to(device)
-        out = model(images, extra)
-        softmax.append(out["logits"].softmax(-1).cpu().numpy())
-        presence.append(torch.sigmoid(out["presence_logits"]).cpu().numpy())
-        severity.append(out["severity"].cpu().numpy())
-    probs, pres, sev = np.concatenate(softmax), np.concatenate(presence), np.concatenate(severity)
+    outputs = model_outputs(model, samples, batch_size)
+    probs = torch.from_numpy(outputs["logits"]).softmax(-1).numpy()
+    pres = torch.sigmoid(torch.from_numpy(outputs["presence_logits"])).numpy()
+    sev = outputs["severity"]
     true_presence = np.stack([s["presence"] for s in samples]) > 0.5
     n_labels = true_presence.sum(axis=1)
     single = n_labels <= 1
@@ -548,27 +558,14 @@ def evaluate(model: SAClipModel, samples: Sequence[Mapping[str, np.ndarray]], ba
 BIAS_GRID = np.round(np.arange(-4.0, 4.01, 0.25), 2)
 
 
-@torch.no_grad()
 def raw_outputs(model: SAClipModel, samples: Sequence[Mapping[str, np.ndarray]], batch_size: int = 64) -> dict:
     """Prompt logits and presence logits of ``samples`` without the model's fitted biases."""
-    model.eval()
     saved = (model.settings.class_bias, model.settings.presence_bias)
     model.settings.class_bias, model.settings.presence_bias = [], []
-    device = next(model.parameters()).device
-    logits, presence = [], []
     try:
-        for start in range(0, len(samples), batch_size):
-            chunk = samples[start : start + batch_size]
-            images = torch.from_numpy(np.stack([s["image"] for s in chunk])).to(device)
-            extra = None
-            if model.settings.use_measurements:
-                extra = torch.from_numpy(np.stack([s["measurements"] for s in chunk])).to(device)
-            out = model(images, extra)
-            logits.append(out["logits"].cpu().numpy())
-            presence.append(out["presence_logits"].cpu().numpy())
+        return model_outputs(model, samples, batch_size)
     finally:
         model.settings.class_bias, model.settings.presence_bias = saved
-    return {"logits": np.concatenate(logits), "presence_logits": np.concatenate(presence)}
 
 
 def fit_class_bias(logits: np.ndarray, true_class: np.ndarray, sweeps: int = 3) -> np.ndarray:
