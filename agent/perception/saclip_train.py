@@ -149,12 +149,17 @@ def make_sample(
     sample = {"image": degraded.transpose(2, 0, 1).copy(), "clean": clean.transpose(2, 0, 1).copy()}
     sample.update(targets_for(labels, severities))
     if measurement_names:
-        from agent.perception.estimators import measure
-
-        for key, img in (("measurements", degraded), ("clean_measurements", clean)):
-            values = measure(np.ascontiguousarray(img))
-            sample[key] = np.array([values[k] for k in measurement_names], np.float32)
+        sample["measurements"] = measurement_row(degraded, measurement_names)
+        sample["clean_measurements"] = measurement_row(clean, measurement_names)
     return sample
+
+
+def measurement_row(image: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    """The estimators' measurements of an (H, W, 3) float image, as a float32 vector in ``names`` order."""
+    from agent.perception.estimators import measure
+
+    values = measure(np.ascontiguousarray(image, dtype=np.float32))
+    return np.array([values[k] for k in names], np.float32)
 
 
 class SyntheticStream(torch.utils.data.IterableDataset):
@@ -234,20 +239,15 @@ def _cache_chunk(args: tuple[int, int, int, list[str], tuple[float, float, float
             "has_clean": np.asarray(has_clean, np.float32),
         }
         if names:
-            from agent.perception.estimators import measure
-
-            row["measurements"] = _measure_row(degraded, names, measure)
+            row["measurements"] = measurement_row(degraded.transpose(1, 2, 0).astype(np.float32) / 255.0, names)
             row["clean_measurements"] = (
-                _measure_row(clean, names, measure) if has_clean else np.zeros(len(names), np.float32)
+                measurement_row(clean.transpose(1, 2, 0).astype(np.float32) / 255.0, names)
+                if has_clean
+                else np.zeros(len(names), np.float32)
             )
         for key, value in row.items():
             rows.setdefault(key, []).append(value)
     return {key: np.stack(values) for key, values in rows.items()}
-
-
-def _measure_row(chw_uint8: np.ndarray, names: Sequence[str], measure: Any) -> np.ndarray:
-    values = measure(np.ascontiguousarray(chw_uint8.transpose(1, 2, 0), dtype=np.float32) / 255.0)
-    return np.array([values[k] for k in names], np.float32)
 
 
 def build_cache(
@@ -432,7 +432,9 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, steps: int, warmup: int) -
 # ----------------------------------------------------------------------------------------------
 
 
-def confusion_matrix(true: Sequence[int], predicted: Sequence[int], n_classes: int) -> np.ndarray:
+def confusion_matrix(
+    true: Sequence[int] | np.ndarray, predicted: Sequence[int] | np.ndarray, n_classes: int
+) -> np.ndarray:
     """``(n, n)`` counts: row = true class, column = predicted class."""
     matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
     np.add.at(matrix, (np.asarray(true, dtype=np.int64), np.asarray(predicted, dtype=np.int64)), 1)
@@ -500,6 +502,22 @@ def validation_set(
     return samples
 
 
+def model_measurement_names(model: SAClipModel) -> list[str]:
+    """The measurement keys ``model`` takes (empty when it takes none)."""
+    return list(model.settings.measurement_names) if model.settings.use_measurements else []
+
+
+def sample_labels(samples: Sequence[Mapping[str, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per sample: the boolean presence row, the number of degradations, and the softmax class index.
+
+    The class is 0 ("no") for a clean sample, else the (first) present type's index in :data:`CLASSES`;
+    it is meaningful where the count is at most 1.
+    """
+    truth = np.stack([s["presence"] for s in samples]) > 0.5
+    counts = truth.sum(axis=1)
+    return truth, counts, np.where(counts == 0, 0, truth.argmax(axis=1) + 1)
+
+
 @torch.no_grad()
 def model_outputs(
     model: SAClipModel, samples: Sequence[Mapping[str, np.ndarray]], batch_size: int = 64
@@ -533,10 +551,8 @@ def evaluate(model: SAClipModel, samples: Sequence[Mapping[str, np.ndarray]], ba
     probs = torch.from_numpy(outputs["logits"]).softmax(-1).numpy()
     pres = torch.sigmoid(torch.from_numpy(outputs["presence_logits"])).numpy()
     sev = outputs["severity"]
-    true_presence = np.stack([s["presence"] for s in samples]) > 0.5
-    n_labels = true_presence.sum(axis=1)
+    true_presence, n_labels, true_class = sample_labels(samples)
     single = n_labels <= 1
-    true_class = np.where(n_labels == 0, 0, true_presence.argmax(axis=1) + 1)
     result: dict[str, Any] = {"n": len(samples)}
     if single.any():
         matrix = confusion_matrix(true_class[single], probs[single].argmax(1), len(CLASSES))
@@ -619,10 +635,8 @@ def fit_output_biases(model: SAClipModel, samples: Sequence[Mapping[str, np.ndar
     offsets on all samples (per-type F1). Returns the offsets and the before/after scores on ``samples``.
     """
     raw = raw_outputs(model, samples)
-    truth = np.stack([s["presence"] for s in samples]) > 0.5
-    n_labels = truth.sum(1)
+    truth, n_labels, true_class = sample_labels(samples)
     single = n_labels <= 1
-    true_class = np.where(n_labels == 0, 0, truth.argmax(1) + 1)
     class_bias = fit_class_bias(raw["logits"][single], true_class[single])
     presence_bias = fit_presence_bias(raw["presence_logits"], truth)
 
@@ -650,7 +664,7 @@ def calibrate_outputs(model: SAClipModel, images: Sequence[np.ndarray], seed: in
     ``per_class`` crops of every class alone (clean included) and ``mixed`` mixtures, half of them MiO100
     combinations and half any two or three types.
     """
-    names = model.settings.measurement_names if model.settings.use_measurements else []
+    names = model_measurement_names(model)
     size = model.settings.image_size
     samples = validation_set(images, size, seed, per_class, mixed // 2, names)
     # the other half: mixtures of any two or three types (MiO100's never include colour cast or raindrop)
@@ -708,7 +722,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         step = int(state["step"])
 
     train_images, val_images = _load_split(Path(args.shared), args.val_images, args.max_side)
-    names = settings.measurement_names if settings.use_measurements else []
+    names = model_measurement_names(model)
     if settings.use_measurements and step == 0:
         _fit_measurement_scaler(model, train_images, settings.image_size, args.seed, names)
     val = validation_set(val_images, settings.image_size, args.seed + 1, args.val_per_class, args.val_mixed, names)
@@ -926,7 +940,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = Path(args.out)
         model = saclip.load_checkpoint(out)
         _, held_out = _load_split(Path(args.shared), args.val_images, args.max_side)
-        names = model.settings.measurement_names if model.settings.use_measurements else []
+        names = model_measurement_names(model)
         size = model.settings.image_size
         val = validation_set(held_out, size, args.seed + 1, args.val_per_class, args.val_mixed, names)
         metrics = finish_calibration(model, out, held_out, val, args)
