@@ -7,12 +7,13 @@ Synthetic images are made from the *evaluation* split of the clean photos (LIVE1
 which neither the estimator calibration nor SA-CLIP training reads: ``--per-class`` random crops per
 class (every degradation type alone, drawn over the synthesis' full severity range, plus the clean crop
 itself as "no"), and ``--mixtures`` crops carrying two or three degradations (half of them MiO100
-combinations). Reported: accuracy of the dominant degradation, per-class precision/recall/F1 and the
-confusion matrix on the single set; multi-label micro/macro F1, exact-set rate, per-type F1 and severity
-error on the mixtures; how often "no" wins on clean crops (semantic agnosticism: only the content
-differs between them); and on each real set in ``shared/data`` whose dominant degradation is known
-(DICM: low light, PolyU: noise, Rain100L: rain, SOTS: haze, the underwater sets: colour cast), the
-share of images whose dominant degradation is that label. Also the assessor's mean time per image.
+combinations). Reported: accuracy of the dominant degradation (overall and per severity band), per-class
+precision/recall/F1 and the confusion matrix on the single set; multi-label micro/macro F1, exact-set
+rate, per-type F1 and severity error on the mixtures; how often "no" wins on clean crops (semantic
+agnosticism: only the content differs between them); and on each real set in ``shared/data`` whose
+dominant degradation is known (DICM: low light, PolyU: noise, Rain100L: rain, SOTS: haze, the underwater
+sets: colour cast), the share of images whose dominant degradation is that label. Also the assessor's
+mean time per image.
 
 The dominant degradation is SA-CLIP's softmax winner when the assessor provides one, else the most
 probable type at or above probability 0.5 ("no" when none is).
@@ -48,6 +49,11 @@ REAL_SETS: dict[str, tuple[str, Degradation]] = {
     "U45": ("underwater/U45", Degradation.COLOR_CAST),
     "RUIE": ("underwater/RUIE_UCCS", Degradation.COLOR_CAST),
 }
+
+
+#: Severity bands of the single-degradation crops for the per-band accuracy (the synthesis draws severity in [0, 1]).
+SEVERITY_BANDS = ((0.0, 1 / 3), (1 / 3, 2 / 3), (2 / 3, 1.0 + 1e-9))
+SEVERITY_BAND_NAMES = ("0-0.33", "0.33-0.67", "0.67-1")
 
 
 def dominant_class(report: Any) -> str:
@@ -137,6 +143,14 @@ def evaluate_assessor(
         predicted_class.append(index[dominant_class(assess(sample["image"]))])
     matrix = confusion_matrix(true_class, predicted_class, len(CLASSES))
     scores = classification_scores(matrix, CLASSES)
+    by_severity: dict[str, dict[str, float]] = {}
+    for (low, high), label in zip(SEVERITY_BANDS, SEVERITY_BAND_NAMES, strict=True):
+        hits = [
+            truth == guess
+            for sample, truth, guess in zip(single, true_class, predicted_class, strict=True)
+            if sample["labels"] and low <= sample["severity"].get(sample["labels"][0], np.nan) < high
+        ]
+        by_severity[label] = {"accuracy": float(np.mean(hits)) if hits else float("nan"), "samples": len(hits)}
     types = list(Degradation)
     truth = np.zeros((len(mixed), len(types)), bool)
     predicted = np.zeros_like(truth)
@@ -159,7 +173,13 @@ def evaluate_assessor(
             "support": int(truth[:, j].sum()),
         }
     result: dict[str, Any] = {
-        "single": {"samples": len(single), **scores, "confusion": matrix.tolist(), "classes": list(CLASSES)},
+        "single": {
+            "samples": len(single),
+            **scores,
+            "confusion": matrix.tolist(),
+            "classes": list(CLASSES),
+            "accuracy_by_severity": by_severity,
+        },
         "clean_no_rate": scores["per_class"][CLEAN]["recall"],
         "mixed": {
             "samples": len(mixed),
@@ -211,6 +231,12 @@ def format_result(result: dict[str, Any]) -> str:
         f'{single["macro_f1"]:.3f}; "no" wins on {result["clean_no_rate"]:.1%} of clean crops',
         "  per class F1: "
         + ", ".join(f"{name} {entry['f1']:.2f}" for name, entry in single["per_class"].items() if entry["support"]),
+        "  degraded crops by severity: "
+        + ", ".join(
+            f"{band} {entry['accuracy']:.1%} (n={entry['samples']})"
+            for band, entry in single.get("accuracy_by_severity", {}).items()
+            if entry["samples"]
+        ),
         f"mixtures ({mixed['samples']} crops): micro F1 {mixed['micro_f1']:.3f}, macro F1 {mixed['macro_f1']:.3f}, "
         f"exact set {mixed['exact_set']:.1%}, severity MAE {mixed['severity_mae']:.3f}",
         "  per type F1: " + ", ".join(f"{name} {entry['f1']:.2f}" for name, entry in mixed["per_type"].items()),
