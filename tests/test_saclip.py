@@ -364,6 +364,9 @@ def test_sample_cache_is_resumable_and_refuses_other_settings(tmp_path, monkeypa
         assert np.array_equal(first[key], again[key]), key
     with pytest.raises(ValueError, match="other settings"):
         saclip_train.build_cache(folder, photos, 5, 32, seed=5, measurement_names=names)
+    with pytest.raises(ValueError, match="other settings"):
+        saclip_train.build_cache(folder, photos, 5, 32, seed=4, measurement_names=names, content_jitter=1.0)
+    assert saclip_train.default_cache_dir(32, 4, names) != saclip_train.default_cache_dir(32, 4, names, 0.1, 1.0)
     batch = saclip_train.cached_batch(first, np.random.default_rng(0), 4)
     assert batch["image"].shape == (4, 3, 32, 32) and batch["image"].dtype == torch.float32
     assert float(batch["image"].max()) <= 1.0
@@ -386,6 +389,29 @@ def test_model_card_records_training_and_held_out_evaluation(tiny_model, tmp_pat
     result = evaluate_assessor(assessor, [{"image": photo, "labels": [], "severity": {}}], [])
     card = write_model_card(folder, result).read_text()
     assert "Not run yet" not in card and "single degradations (1 crops)" in card
+
+
+def test_hybrid_calibration_fits_saves_and_keeps_the_evaluation_on_the_card(tiny_model, tmp_path, one_thread):
+    from agent.perception.evaluate import evaluate_assessor
+    from agent.perception.saclip_train import EVALUATION_FILE, HYBRID_GRID, finish_hybrid
+
+    folder = saclip.save_checkpoint(tiny_model, tmp_path / "ckpt", training={"steps": 3})
+    clean = [{"image": procedural_image(48, 48, seed=2), "labels": [], "severity": {}}]
+    evaluation = evaluate_assessor(saclip.SAClipAssessor(folder, with_parameters=False), clean, [])
+    (folder / EVALUATION_FILE).write_text(json.dumps(evaluation))
+    model = saclip.load_checkpoint(folder)
+    photos = [procedural_image(72, 72, seed=i) for i in range(2)]
+    args = argparse.Namespace(seed=0, hybrid_per_class=1, hybrid_policy="default")
+    fitted = finish_hybrid(model, folder, photos, args)
+    assert fitted["samples"] == 11 + 4 and set(fitted["weights"]) == {d.value for d in TYPES}
+    assert all(w in HYBRID_GRID for w in fitted["weights"].values())
+    reloaded = saclip.load_checkpoint(folder)
+    assert reloaded.settings.hybrid_weights == fitted["weights"]
+    assert reloaded.settings.training["hybrid_calibration"]["policy"] == "default"
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert "## Hybrid assessor" in card and "Not run yet" not in card
+    hybrid = saclip.SAClipAssessor(folder, blend="fitted")
+    assert list(hybrid.blend) == [fitted["weights"][d.value] for d in TYPES]
 
 
 def test_perceive_benchmark_times_fresh_images(capsys):
@@ -470,6 +496,69 @@ def test_hybrid_blends_estimator_probabilities_into_the_report(tiny_model):
         assert mixed.probability(degradation) == pytest.approx(expected, abs=1e-6)
     with pytest.raises(ValueError, match="blend"):
         saclip.SAClipAssessor(tiny_model, blend=1.5)
+
+
+def test_hybrid_weights_per_type_and_fitted_from_the_checkpoint(tiny_model):
+    from agent.perception.assessor import EstimatorAssessor
+    from agent.perception.estimators import measure
+
+    photo = procedural_image(64, 64, seed=5)
+    alone = saclip.SAClipAssessor(tiny_model).assess(photo)
+    estimators = EstimatorAssessor().assess_measurements(measure(photo))
+    per_type = saclip.SAClipAssessor(tiny_model, blend={"noise": 1.0, "haze": 0.25})
+    report = per_type.assess(photo)
+    assert report.probability(Degradation.NOISE) == pytest.approx(estimators.probability(Degradation.NOISE), abs=1e-6)
+    haze = 0.75 * alone.probability(Degradation.HAZE) + 0.25 * estimators.probability(Degradation.HAZE)
+    assert report.probability(Degradation.HAZE) == pytest.approx(haze, abs=1e-6)
+    assert report.probability(Degradation.RAIN) == pytest.approx(alone.probability(Degradation.RAIN), abs=1e-6)
+    # "fitted": the checkpoint's weights, else an even average
+    tiny_model.settings.hybrid_weights = {}
+    assert np.allclose(saclip.SAClipAssessor(tiny_model, blend="fitted").blend, 0.5)
+    tiny_model.settings.hybrid_weights = {"jpeg": 0.75}
+    try:
+        fitted = saclip.SAClipAssessor(tiny_model, blend="fitted").blend
+        assert fitted[TYPES.index(Degradation.JPEG)] == 0.75 and fitted.sum() == 0.75
+    finally:
+        tiny_model.settings.hybrid_weights = {}
+    with pytest.raises(ValueError, match="unknown degradation"):
+        saclip.SAClipAssessor(tiny_model, blend={"fog": 0.5})
+    with pytest.raises(ValueError, match="fitted"):
+        saclip.SAClipAssessor(tiny_model, blend="best")
+
+
+def test_fit_hybrid_weights_picks_the_better_detector_per_type():
+    from agent.perception.saclip_train import fit_hybrid_weights
+
+    truth = np.array([[1, 1, 1], [1, 1, 1], [0, 0, 0], [0, 0, 0]], bool)
+    # type 0: SA-CLIP right, estimators wrong; type 1: the reverse; type 2: both right
+    saclip_p = np.array([[0.9, 0.2, 0.8], [0.8, 0.9, 0.7], [0.1, 0.9, 0.2], [0.2, 0.1, 0.1]])
+    estimator_p = np.array([[0.1, 0.9, 0.9], [0.2, 0.8, 0.9], [0.9, 0.1, 0.1], [0.8, 0.2, 0.0]])
+    weights, scores = fit_hybrid_weights(saclip_p, estimator_p, truth, [0.5, 0.5, 0.5])
+    assert weights[0] <= 0.25 and weights[1] >= 0.75
+    assert weights[2] == 0.5  # a tie goes to the even average
+    assert scores[0]["saclip"] == 1.0 and scores[0]["estimators"] == 0.0 and scores[0]["hybrid"] == 1.0
+    assert all(s["hybrid"] >= max(s["saclip"], s["estimators"]) for s in scores)
+    # a lower threshold (as the policy's haze 0.2) is where the blend is judged
+    weights, _ = fit_hybrid_weights(saclip_p * 0.3, estimator_p * 0.3, truth, [0.2, 0.2, 0.2])
+    assert weights[0] <= 0.25 and weights[1] >= 0.75
+
+
+def test_content_jitter_keeps_a_clean_photo_in_range_and_varies_it():
+    from agent.perception.saclip_train import jitter_content, scaled_crop
+
+    photo = procedural_image(96, 128, seed=2)
+    rng = np.random.default_rng(0)
+    assert jitter_content(photo, rng, 0.0) is photo
+    varied = jitter_content(photo, rng, 1.0)
+    assert varied.shape == photo.shape and varied.dtype == np.float32
+    assert 0.0 <= varied.min() and varied.max() <= 1.0 and not np.allclose(varied, photo)
+    # channel means move by far less than the weakest synthetic colour cast would
+    ratios = varied.reshape(-1, 3).mean(0) / photo.reshape(-1, 3).mean(0)
+    assert np.all(np.abs(np.log(ratios)) < 0.25)
+    crop = scaled_crop(photo, 48, np.random.default_rng(1), min_scale=0.5)
+    assert crop.shape == (48, 48, 3) and crop.dtype == np.float32
+    sample = make_sample(photo, [Degradation.NOISE], 32, np.random.default_rng(3), content_jitter=1.0)
+    assert sample["image"].shape == sample["clean"].shape == (3, 32, 32)
 
 
 @pytest.mark.skipif(not (saclip.DEFAULT_WEIGHTS_DIR / saclip.WEIGHTS_FILE).is_file(), reason="no packaged SA-CLIP")

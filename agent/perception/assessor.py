@@ -299,7 +299,9 @@ DEFAULT_ASSESSOR = "estimators"
 def make_assessor(spec: str) -> Any:
     """Build the assessor named by ``spec``: ``"estimators"``, ``"saclip[:<checkpoint dir>]"`` or ``"hybrid[:<dir>]"``.
 
-    ``hybrid`` is SA-CLIP with the estimator assessor's probabilities and severities averaged in.
+    ``hybrid`` is SA-CLIP with the estimator assessor's probabilities and severities blended in, per type
+    with the checkpoint's fitted weights (:attr:`~agent.perception.saclip.SAClipSettings.hybrid_weights`;
+    an even average where none were fitted).
 
     Raises:
         ValueError: for an unknown name.
@@ -311,7 +313,7 @@ def make_assessor(spec: str) -> Any:
     if name in ("saclip", "hybrid"):
         from agent.perception.saclip import SAClipAssessor
 
-        return SAClipAssessor(Path(path) if path else None, blend=0.5 if name == "hybrid" else 0.0)
+        return SAClipAssessor(Path(path) if path else None, blend="fitted" if name == "hybrid" else 0.0)
     raise ValueError(
         f"unknown assessor {spec!r}; use 'estimators', 'saclip[:<checkpoint folder>]' or 'hybrid[:<folder>]'"
     )

@@ -82,11 +82,25 @@ def synthetic_sets(
     shared: Path, per_class: int, mixtures: int, seed: int, size: int = 256
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Single-degradation (and clean) samples and mixture samples from the evaluation split."""
-    from evals.synthesis import MIO100_COMBINATIONS, clean_split, load_clean_images, synthesize
+    from evals.synthesis import clean_split, load_clean_images
 
     images = load_clean_images(clean_split(shared)["evaluation"], crop=None)
     if not images:
         raise FileNotFoundError(f"no evaluation images under {shared}/data/clean")
+    return synthetic_samples(images, per_class, mixtures, seed, size)
+
+
+def synthetic_samples(
+    images: Sequence[tuple[str, np.ndarray]], per_class: int, mixtures: int, seed: int, size: int = 256
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Degraded random crops of ``(name, image)`` photos: ``per_class`` per class (clean included) and ``mixtures``.
+
+    Single degradations are drawn over the synthesis' full severity range; mixtures alternate between
+    MiO100 combinations (MiO100 ranges) and any two or three types (default ranges). Each sample has
+    ``image``, ``labels`` (type names), ``severity`` per label and ``source``.
+    """
+    from evals.synthesis import MIO100_COMBINATIONS, synthesize
+
     rng = np.random.default_rng(seed)
     single = []
     for label in [None, *Degradation]:
@@ -288,9 +302,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out.write_text(json.dumps(result, indent=1))
         print(f"wrote {args.out}")
     if args.write_card and folder is not None:
-        from agent.perception.saclip_train import write_model_card
+        from agent.perception.saclip_train import EVALUATION_FILE, write_model_card
 
-        (folder / "evaluation.json").write_text(json.dumps(result, indent=1))
+        (folder / EVALUATION_FILE).write_text(json.dumps(result, indent=1))
         print(f"wrote {write_model_card(folder, result)}")
     return 0
 

@@ -30,12 +30,13 @@ The losses of the paper and this project's additions are pure functions: :func:`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -119,6 +120,9 @@ class SAClipSettings:
             (:func:`agent.perception.saclip_train.fit_output_biases`).
         presence_bias: Offsets added to the T presence logits, so that probability 0.5 is each type's
             best operating point on the same held-out photos (empty: none).
+        hybrid_weights: Per type, the weight of the estimator assessor's probability and severity in the
+            ``hybrid`` assessor, fitted on held-out photos
+            (:func:`agent.perception.saclip_train.fit_hybrid_weights`; empty: 0.5 for every type).
         training: Free-form record of how the checkpoint was trained (steps, data, seed, ...).
     """
 
@@ -132,6 +136,7 @@ class SAClipSettings:
     image_size: int = 160
     class_bias: list[float] = field(default_factory=list)
     presence_bias: list[float] = field(default_factory=list)
+    hybrid_weights: dict[str, float] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
 
 
@@ -541,6 +546,23 @@ def save_checkpoint(model: SAClipModel, folder: Path | str, training: Mapping[st
     return folder
 
 
+class _OpenClipWarnings(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "open_clip" not in record.pathname
+
+
+@contextlib.contextmanager
+def _quiet_open_clip() -> Iterator[None]:
+    """Drop open_clip's root-logger warnings while building an architecture whose weights we load ourselves."""
+    quiet = _OpenClipWarnings()
+    root = logging.getLogger()
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
+
+
 def load_checkpoint(folder: Path | str | None = None, device: str = "cpu") -> SAClipModel:
     """Load a trained SA-CLIP checkpoint folder (``None``: the packaged default) in eval mode.
 
@@ -558,7 +580,8 @@ def load_checkpoint(folder: Path | str | None = None, device: str = "cpu") -> SA
         )
     settings = SAClipSettings(**json.loads((folder / SETTINGS_FILE).read_text()))
     config = json.loads((folder / OPEN_CLIP_CONFIG_FILE).read_text())
-    clip = open_clip.create_model(f"local-dir:{folder}", load_weights=False)
+    with _quiet_open_clip():  # it warns that no CLIP weights were loaded: ours are loaded below
+        clip = open_clip.create_model(f"local-dir:{folder}", load_weights=False)
     tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
     model = SAClipModel(clip, tokenizer, settings)
     model.open_clip_config = config
@@ -604,9 +627,11 @@ class SAClipAssessor:
         model: A loaded :class:`SAClipModel`, or a checkpoint folder; ``None`` loads the packaged default.
         with_parameters: Fill the parameters (and measurements) from the estimator assessor.
         device: Torch device for inference.
-        blend: Weight of the estimator assessor in each type's probability and severity (``hybrid``
-            assessor: 0.5); blended reports carry no softmax winner, their dominant type is the most
-            probable one at or above 0.5.
+        blend: Weight of the estimator assessor in each type's probability and severity: one number for
+            every type, a mapping per type name (missing types: 0), or ``"fitted"`` for the checkpoint's
+            fitted :attr:`SAClipSettings.hybrid_weights` (0.5 where none were fitted; the ``hybrid``
+            assessor). Blended reports carry no softmax winner; their dominant type is the most probable
+            one at or above 0.5.
     """
 
     name = "saclip"
@@ -616,15 +641,8 @@ class SAClipAssessor:
         model: SAClipModel | Path | str | None = None,
         with_parameters: bool = True,
         device: str = "cpu",
-        blend: float = 0.0,
+        blend: float | Mapping[str, float] | str = 0.0,
     ) -> None:
-        if not 0.0 <= blend <= 1.0:
-            raise ValueError(f"blend must be in [0, 1], got {blend}")
-        #: Weight of the estimator assessor's probabilities and severities in the report (0: SA-CLIP alone).
-        self.blend = blend
-        if blend > 0:
-            with_parameters = True
-            self.name = "saclip+estimators"
         #: The checkpoint folder the model came from (``None`` for a model passed in).
         self.folder: Path | None = None
         if isinstance(model, SAClipModel):
@@ -634,8 +652,29 @@ class SAClipAssessor:
             self.model = load_checkpoint(self.folder, device=device)
         self.model.eval()
         self.device = device
+        #: Per type (in :data:`TYPES` order), the weight of the estimator assessor in the report (0: SA-CLIP alone).
+        self.blend = self._blend_weights(blend)
+        if self.blend.any():
+            with_parameters = True
+            self.name = "saclip+estimators"
         self.with_parameters = with_parameters
         self._estimators: Any = None
+
+    def _blend_weights(self, blend: float | Mapping[str, float] | str) -> np.ndarray:
+        if isinstance(blend, str):
+            if blend != "fitted":
+                raise ValueError(f"blend must be a number, a mapping per type or 'fitted', got {blend!r}")
+            blend = self.model.settings.hybrid_weights or 0.5
+        if isinstance(blend, Mapping):
+            unknown = set(blend) - {d.value for d in TYPES}
+            if unknown:
+                raise ValueError(f"blend names unknown degradation types: {sorted(unknown)}")
+            weights = np.array([float(blend.get(d.value, 0.0)) for d in TYPES])
+        else:
+            weights = np.full(len(TYPES), float(blend))
+        if not ((weights >= 0.0) & (weights <= 1.0)).all():
+            raise ValueError(f"blend weights must be in [0, 1], got {blend}")
+        return weights
 
     def _estimator_assessor(self) -> Any:
         if self._estimators is None:
@@ -685,12 +724,11 @@ class SAClipAssessor:
                 base = self._estimator_assessor().assess_measurements(measurements)
         raw = self.predict(image, measurements or None)
         estimates = {}
-        w = self.blend
         for i, degradation in enumerate(TYPES):
             probability, severity = float(raw["presence"][i]), float(raw["severity"][i])
             params: dict[str, float] = {}
             if base is not None:
-                other = base.estimates[degradation]
+                other, w = base.estimates[degradation], float(self.blend[i])
                 params = dict(other.params)
                 probability = (1 - w) * probability + w * other.probability
                 severity = (1 - w) * severity + w * other.severity
@@ -700,7 +738,7 @@ class SAClipAssessor:
                 params=params,
             )
         extra = {f"saclip_softmax_{c}": float(p) for c, p in zip(CLASSES, raw["softmax"], strict=True)}
-        if w == 0:  # blended reports are decided by their presence probabilities, not by the softmax alone
+        if not self.blend.any():  # blended reports are decided by their presence probabilities, not the softmax
             extra["saclip_dominant_index"] = float(int(np.argmax(raw["softmax"])))
         report = DegradationReport(assessor=self.name, estimates=estimates, measurements={**measurements, **extra})
         report.seconds = time.perf_counter() - start

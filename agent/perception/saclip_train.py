@@ -65,6 +65,8 @@ logger = logging.getLogger(__name__)
 #: The shared folder next to the repository (``<repo>/../shared``).
 DEFAULT_SHARED = Path(__file__).resolve().parents[3] / "shared"
 TRAIN_STATE_FILE = "train_state.pt"
+#: Held-out evaluation of a checkpoint (``python -m agent.perception.evaluate --write-card``), kept beside it.
+EVALUATION_FILE = "evaluation.json"
 _TYPE_INDEX = {d: i for i, d in enumerate(TYPES)}
 
 
@@ -118,6 +120,37 @@ def random_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.nd
     return np.ascontiguousarray(crop, dtype=np.float32)
 
 
+def jitter_content(image: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
+    """Vary a clean photo's look the way photos vary among themselves, so content is not learned as quality.
+
+    At ``strength`` 1: per-channel gains within +-3 % (below the weakest synthetic colour cast, 5 %),
+    a gamma within exp(+-0.1) and a saturation within +-20 %. The result is still a clean photo.
+    """
+    if strength <= 0:
+        return image
+    gains = np.exp(rng.uniform(-0.03, 0.03, size=3) * strength).astype(np.float32)
+    gamma = float(np.exp(rng.uniform(-0.1, 0.1) * strength))
+    saturation = float(1.0 + rng.uniform(-0.2, 0.2) * strength)
+    out = np.clip(image * gains, 0.0, 1.0) ** gamma
+    luminance = out @ np.array([0.299, 0.587, 0.114], np.float32)
+    out = luminance[..., None] + saturation * (out - luminance[..., None])
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def scaled_crop(image: np.ndarray, size: int, rng: np.random.Generator, min_scale: float = 1.0) -> np.ndarray:
+    """A :func:`random_crop` of ``image`` seen at a random scale in ``[min_scale, 1]`` (area-averaged)."""
+    if min_scale >= 1.0:
+        return random_crop(image, size, rng)
+    import cv2
+
+    scale = float(rng.uniform(min_scale, 1.0))
+    side = min(int(round(size / scale)), *image.shape[:2])
+    crop = random_crop(image, max(side, size), rng)
+    if crop.shape[0] == size:
+        return crop
+    return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32)
+
+
 def make_sample(
     clean_image: np.ndarray,
     labels: Sequence[Degradation],
@@ -125,11 +158,14 @@ def make_sample(
     rng: np.random.Generator,
     margin: int = 16,
     measurement_names: Sequence[str] = (),
+    content_jitter: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """Degrade a random crop of ``clean_image`` with ``labels`` and return tensors-to-be.
 
     The crop is taken ``margin`` pixels larger on each side and cut back after degrading, so blur and
-    resampling see real image content at the borders.
+    resampling see real image content at the borders. With ``content_jitter`` > 0 the clean crop is taken
+    at a random scale (down to ``1 - 0.4 * content_jitter``) and passed through :func:`jitter_content`
+    first: more distinct content from few photos.
 
     Returns:
         ``image`` and ``clean`` (3, S, S) float32, ``target`` (K,), ``presence`` (T,), ``severity`` (T,),
@@ -137,7 +173,8 @@ def make_sample(
     """
     from evals.synthesis import synthesize
 
-    big = random_crop(clean_image, size + 2 * margin, rng)
+    big = scaled_crop(clean_image, size + 2 * margin, rng, 1.0 - 0.4 * content_jitter)
+    big = jitter_content(big, rng, content_jitter)
     if labels:
         result = synthesize(big, labels, seed=int(rng.integers(2**31)))
         degraded = result.image
@@ -175,6 +212,7 @@ class SyntheticStream(torch.utils.data.IterableDataset):
         p_clean: Probability of a sample without degradation.
         p_mixed: Probability of a mixture of two or three.
         p_with_clean: Probability that a degraded sample carries its clean crop (SA term, "no" example).
+        content_jitter: Scale and photometric variation of the clean crops (:func:`make_sample`).
     """
 
     def __init__(
@@ -187,6 +225,7 @@ class SyntheticStream(torch.utils.data.IterableDataset):
         p_clean: float = 0.05,
         p_mixed: float = 0.3,
         p_with_clean: float = 0.25,
+        content_jitter: float = 0.0,
     ) -> None:
         super().__init__()
         if not images:
@@ -195,6 +234,7 @@ class SyntheticStream(torch.utils.data.IterableDataset):
         self.size, self.seed, self.start = size, seed, start
         self.measurement_names = list(measurement_names)
         self.p_clean, self.p_mixed, self.p_with_clean = p_clean, p_mixed, p_with_clean
+        self.content_jitter = content_jitter
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         """Yield samples forever."""
@@ -204,7 +244,8 @@ class SyntheticStream(torch.utils.data.IterableDataset):
         while True:
             image = self.images[int(rng.integers(len(self.images)))]
             labels = draw_labels(rng, self.p_clean, self.p_mixed)
-            sample = make_sample(image, labels, self.size, rng, measurement_names=self.measurement_names)
+            names, jitter = self.measurement_names, self.content_jitter
+            sample = make_sample(image, labels, self.size, rng, measurement_names=names, content_jitter=jitter)
             sample["has_clean"] = np.asarray(bool(labels) and rng.random() < self.p_with_clean, dtype=np.float32)
             yield sample
 
@@ -217,15 +258,15 @@ CACHE_CHUNK = 500
 _CACHE_IMAGES: list[np.ndarray] = []
 
 
-def _cache_chunk(args: tuple[int, int, int, list[str], tuple[float, float, float]]) -> dict[str, np.ndarray]:
+def _cache_chunk(args: tuple[int, int, int, list[str], tuple[float, float, float], float]) -> dict[str, np.ndarray]:
     """Synthesise chunk ``index`` of a cache (runs in a worker; the photos are inherited at fork)."""
-    index, size, seed, names, (p_clean, p_mixed, p_with_clean) = args
+    index, size, seed, names, (p_clean, p_mixed, p_with_clean), content_jitter = args
     rng = np.random.default_rng([seed, 4242, index])
     rows: dict[str, list[np.ndarray]] = {}
     for _ in range(CACHE_CHUNK):
         image = _CACHE_IMAGES[int(rng.integers(len(_CACHE_IMAGES)))]
         labels = draw_labels(rng, p_clean, p_mixed)
-        sample = make_sample(image, labels, size, rng)
+        sample = make_sample(image, labels, size, rng, content_jitter=content_jitter)
         # quantise as a camera file would, then measure what the model will see
         degraded = np.round(np.clip(sample["image"], 0, 1) * 255).astype(np.uint8)
         clean = np.round(np.clip(sample["clean"], 0, 1) * 255).astype(np.uint8)
@@ -259,6 +300,7 @@ def build_cache(
     measurement_names: Sequence[str] = (),
     workers: int = 1,
     probabilities: tuple[float, float, float] = (0.05, 0.3, 0.25),
+    content_jitter: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """Synthesise (or reload) ``count`` training samples into ``folder`` and return them as arrays.
 
@@ -276,6 +318,7 @@ def build_cache(
         measurement_names: Also store the estimators' measurements of each crop (and of its clean crop).
         workers: Worker processes (fork).
         probabilities: ``(p_clean, p_mixed, p_with_clean)`` as in :class:`SyntheticStream`.
+        content_jitter: Scale and photometric variation of the clean crops (:func:`make_sample`).
 
     Returns:
         ``image`` / ``clean`` uint8 ``(N, 3, S, S)``, ``target``, ``presence``, ``severity``, ``has_clean``
@@ -296,6 +339,8 @@ def build_cache(
         "probabilities": list(probabilities),
         "images": len(images),
     }
+    if content_jitter:
+        meta["content_jitter"] = content_jitter
     meta_path = folder / "meta.json"
     if meta_path.is_file():
         existing = json.loads(meta_path.read_text())
@@ -307,7 +352,7 @@ def build_cache(
     todo = [i for i in range(chunks) if not (folder / f"chunk_{i:05d}.npz").is_file()]
     if todo:
         _CACHE_IMAGES = list(images)
-        jobs = [(i, size, seed, list(measurement_names), probabilities) for i in todo]
+        jobs = [(i, size, seed, list(measurement_names), probabilities, content_jitter) for i in todo]
         bar = tqdm(total=len(todo) * CACHE_CHUNK, desc="synthesising", unit="sample")
         context = multiprocessing.get_context("fork")
         with context.Pool(max(1, workers)) if workers > 1 else _InlinePool() as pool:
@@ -322,9 +367,13 @@ def build_cache(
     return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
 
-def default_cache_dir(size: int, seed: int, measurement_names: Sequence[str]) -> Path:
-    """``~/.cache/restora/saclip-s<size>-seed<seed>[-measured]``: one folder per distinct cache setting."""
+def default_cache_dir(
+    size: int, seed: int, measurement_names: Sequence[str], p_clean: float = 0.05, content_jitter: float = 0.0
+) -> Path:
+    """``~/.cache/restora/saclip-s<size>-seed<seed>[-measured][-clean<p>][-jitter<j>]``: one folder per setting."""
     suffix = "-measured" if measurement_names else ""
+    suffix += f"-clean{p_clean:g}" if p_clean != 0.05 else ""
+    suffix += f"-jitter{content_jitter:g}" if content_jitter else ""
     return Path.home() / ".cache" / "restora" / f"saclip-s{size}-seed{seed}{suffix}"
 
 
@@ -675,6 +724,96 @@ def calibrate_outputs(model: SAClipModel, images: Sequence[np.ndarray], seed: in
     return fit_output_biases(model, samples)
 
 
+#: Candidate weights of the estimator assessor in the ``hybrid`` assessor, per type.
+HYBRID_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def fit_hybrid_weights(
+    saclip_probability: np.ndarray,
+    estimator_probability: np.ndarray,
+    truth: np.ndarray,
+    thresholds: Sequence[float],
+    grid: Sequence[float] = HYBRID_GRID,
+) -> tuple[np.ndarray, list[dict[str, float]]]:
+    """Per type, the estimator weight whose blended probability detects the type best.
+
+    For type ``j`` the blend ``(1 - w) * saclip + w * estimators`` is thresholded at ``thresholds[j]`` (the
+    agent policy's presence threshold) and scored by F1 against ``truth[:, j]``; the best ``w`` of ``grid``
+    wins, ties going to the weight nearest 0.5 (the even average). Arrays are (N, T).
+
+    Returns:
+        The weights (T,) and, per type, the F1 of SA-CLIP alone, of the estimators alone and of the blend.
+    """
+
+    def f1(probability: np.ndarray, present: np.ndarray, threshold: float) -> float:
+        predicted = probability >= threshold
+        tp = float((predicted & present).sum())
+        return 2 * tp / max(float(predicted.sum() + present.sum()), 1.0)
+
+    weights = np.zeros(truth.shape[1])
+    scores = []
+    for j, threshold in enumerate(thresholds):
+        present = truth[:, j].astype(bool)
+        blends = [(1 - w) * saclip_probability[:, j] + w * estimator_probability[:, j] for w in grid]
+        options = [(f1(blend, present, threshold), -abs(w - 0.5), w) for blend, w in zip(blends, grid, strict=True)]
+        best = max(options)
+        weights[j] = best[2]
+        scores.append(
+            {
+                "saclip": f1(saclip_probability[:, j], present, threshold),
+                "estimators": f1(estimator_probability[:, j], present, threshold),
+                "hybrid": best[0],
+            }
+        )
+    return weights, scores
+
+
+def calibrate_hybrid(
+    model: SAClipModel,
+    images: Sequence[np.ndarray],
+    seed: int,
+    per_class: int,
+    mixed: int,
+    policy: str = "default",
+    size: int = 256,
+) -> dict[str, Any]:
+    """Fit and set ``model.settings.hybrid_weights`` on degraded crops of ``images`` (held-out photos).
+
+    The crops (``per_class`` of every class alone, clean included, and ``mixed`` mixtures, drawn as by
+    :func:`agent.perception.evaluate.synthetic_samples`) are assessed whole, by SA-CLIP and by the estimator
+    assessor, as the agent would; each type's weight comes from :func:`fit_hybrid_weights` at the presence
+    threshold of ``policy``. Returns the weights and the per-type F1 scores.
+    """
+    from tqdm import tqdm
+
+    from agent.perception.assessor import EstimatorAssessor
+    from agent.perception.evaluate import synthetic_samples
+    from policies.schema import load_policy
+
+    loaded = load_policy(policy)
+    single, mixtures = synthetic_samples(
+        [(f"held-out-{i}", image) for i, image in enumerate(images)], per_class, mixed, seed, size
+    )
+    samples = single + mixtures
+    clip_assessor, estimators = saclip.SAClipAssessor(model), EstimatorAssessor()
+    sa_rows, est_rows = [], []
+    for sample in tqdm(samples, desc="hybrid calibration", unit="crop"):
+        sa_report, est_report = clip_assessor.assess(sample["image"]), estimators.assess(sample["image"])
+        sa_rows.append([sa_report.estimates[d].probability for d in TYPES])
+        est_rows.append([est_report.estimates[d].probability for d in TYPES])
+    truth = np.array([[d.value in s["labels"] for d in TYPES] for s in samples])
+    weights, scores = fit_hybrid_weights(
+        np.array(sa_rows), np.array(est_rows), truth, [loaded.presence_threshold(d) for d in TYPES]
+    )
+    model.settings.hybrid_weights = {d.value: float(w) for d, w in zip(TYPES, weights, strict=True)}
+    return {
+        "weights": model.settings.hybrid_weights,
+        "policy": policy,
+        "samples": len(samples),
+        "f1": {d.value: score for d, score in zip(TYPES, scores, strict=True)},
+    }
+
+
 # ----------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------
@@ -728,16 +867,36 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     val = validation_set(val_images, settings.image_size, args.seed + 1, args.val_per_class, args.val_mixed, names)
     loader: Iterable[Mapping[str, torch.Tensor]]
     if args.cache:
-        cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir(settings.image_size, args.seed, names)
+        cache_dir = (
+            Path(args.cache_dir)
+            if args.cache_dir
+            else default_cache_dir(settings.image_size, args.seed, names, args.p_clean, args.content_jitter)
+        )
         cache = build_cache(
-            cache_dir, train_images, args.cache, settings.image_size, args.seed, names, max(1, args.workers)
+            cache_dir,
+            train_images,
+            args.cache,
+            settings.image_size,
+            args.seed,
+            names,
+            max(1, args.workers),
+            (args.p_clean, 0.3, 0.25),
+            args.content_jitter,
         )
         loader = (
             cached_batch(cache, np.random.default_rng([args.seed, 17, s]), args.batch_size)
             for s in itertools.count(step)
         )
     else:
-        stream = SyntheticStream(train_images, settings.image_size, seed=args.seed, start=step, measurement_names=names)
+        stream = SyntheticStream(
+            train_images,
+            settings.image_size,
+            seed=args.seed,
+            start=step,
+            measurement_names=names,
+            p_clean=args.p_clean,
+            content_jitter=args.content_jitter,
+        )
         loader = torch.utils.data.DataLoader(
             stream, batch_size=args.batch_size, num_workers=args.workers, persistent_workers=args.workers > 0
         )
@@ -749,6 +908,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "lr": args.lr,
         "device": str(device),
         "cache_samples": args.cache,
+        "p_clean": args.p_clean,
+        "content_jitter": args.content_jitter,
         "train_photos": len(train_images),
         "validation_photos": len(val_images),
         "data": "calibration split of shared/data/clean (evals.synthesis.clean_split), last photos held out",
@@ -796,8 +957,26 @@ def finish_calibration(
     record.update(output_calibration=fitted, validation=_brief(metrics))
     saclip.save_checkpoint(model, out, training=record)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out / EVALUATION_FILE).unlink(missing_ok=True)  # the outputs changed: an earlier evaluation is stale
     write_model_card(out)
+    if args.hybrid_per_class > 0:
+        finish_hybrid(model, out, held_out, args)
     return metrics
+
+
+def finish_hybrid(model: SAClipModel, out: Path, held_out: Sequence[np.ndarray], args: argparse.Namespace) -> dict:
+    """Fit the hybrid assessor's per-type weights on fresh crops of the held-out photos and save them."""
+    fitted = calibrate_hybrid(
+        model, held_out, args.seed + 3, args.hybrid_per_class, 4 * args.hybrid_per_class, args.hybrid_policy
+    )
+    logger.info("hybrid weights: %s", fitted["weights"])
+    record = dict(model.settings.training)
+    record["hybrid_calibration"] = fitted
+    saclip.save_checkpoint(model, out, training=record)
+    # the SA-CLIP outputs did not change: a held-out evaluation already on the card stays valid
+    evaluation_file = out / EVALUATION_FILE
+    write_model_card(out, json.loads(evaluation_file.read_text()) if evaluation_file.is_file() else None)
+    return fitted
 
 
 def write_model_card(folder: Path, evaluation: Mapping[str, Any] | None = None) -> Path:
@@ -833,12 +1012,29 @@ def write_model_card(folder: Path, evaluation: Mapping[str, Any] | None = None) 
         f"- {record.get('steps')} steps, batch {record.get('batch_size')}, AdamW lr {record.get('lr')}, seed "
         f"{record.get('seed')}, {record.get('seconds')} s on {record.get('device', 'cpu')}.",
         f"- Reproduce: `{saclip.TRAIN_COMMAND} --measurements --cache {record.get('cache_samples')} "
-        f"--steps {record.get('steps')} --batch-size {record.get('batch_size')}`.",
+        f"--steps {record.get('steps')} --batch-size {record.get('batch_size')}{_data_options(record)}`.",
         "",
         "## Validation (held-out calibration photos, synthetic)",
         "",
     ]
     lines += [f"- {key}: {value:.3f}" for key, value in validation.items() if isinstance(value, float)]
+    hybrid = record.get("hybrid_calibration")
+    if hybrid:
+        lines += [
+            "",
+            "## Hybrid assessor (`--assessor hybrid`)",
+            "",
+            f"Per type, the weight of the estimators, fitted on {hybrid['samples']} crops of the held-out calibration "
+            f"photos at the `{hybrid['policy']}` policy's presence thresholds.",
+            "",
+            "| type | estimator weight | F1 SA-CLIP | F1 estimators | F1 hybrid |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {name} | {weight:.2f} | {hybrid['f1'][name]['saclip']:.3f} | {hybrid['f1'][name]['estimators']:.3f} "
+            f"| {hybrid['f1'][name]['hybrid']:.3f} |"
+            for name, weight in hybrid["weights"].items()
+        ]
     lines += ["", "## Held-out evaluation (evaluation photos and real sets)", ""]
     if evaluation is None:
         lines.append("Not run yet: `python -m agent.perception.evaluate --assessor saclip:<folder> --write-card`.")
@@ -849,6 +1045,13 @@ def write_model_card(folder: Path, evaluation: Mapping[str, Any] | None = None) 
     path = folder / "MODEL_CARD.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _data_options(record: Mapping[str, Any]) -> str:
+    """The non-default data options of a training record, as command-line text."""
+    text = f" --p-clean {record['p_clean']:g}" if record.get("p_clean", 0.05) != 0.05 else ""
+    text += f" --content-jitter {record['content_jitter']:g}" if record.get("content_jitter") else ""
+    return text
 
 
 def _fit_measurement_scaler(model: SAClipModel, images, size: int, seed: int, names: Sequence[str]) -> None:
@@ -918,6 +1121,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--p-clean", type=float, default=0.05, help="share of samples that are clean crops")
+    p.add_argument(
+        "--content-jitter",
+        type=float,
+        default=0.0,
+        help="vary scale, channel gains, gamma and saturation of the clean crops (1: full; 0: off)",
+    )
     p.add_argument(
         "--calibrate-per-class",
         type=int,
@@ -928,6 +1138,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--calibrate-only", action="store_true", help="only fit the output offsets of the checkpoint in --out"
     )
+    p.add_argument(
+        "--hybrid-per-class",
+        type=int,
+        default=30,
+        help="after the offsets, fit the hybrid assessor's per-type weights on this many held-out crops "
+        "per class and four times as many mixtures (0: skip)",
+    )
+    p.add_argument("--hybrid-policy", default="default", help="policy whose presence thresholds the hybrid fit uses")
+    p.add_argument("--hybrid-only", action="store_true", help="only fit the hybrid weights of the checkpoint in --out")
     return p
 
 
@@ -936,6 +1155,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logger.setLevel(logging.INFO)
     args = build_parser().parse_args(argv)
+    if args.hybrid_only:
+        out = Path(args.out)
+        model = saclip.load_checkpoint(out)
+        _, held_out = _load_split(Path(args.shared), args.val_images, args.max_side)
+        finish_hybrid(model, out, held_out, args)
+        return 0
     if args.calibrate_only:
         out = Path(args.out)
         model = saclip.load_checkpoint(out)
