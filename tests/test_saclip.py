@@ -403,7 +403,8 @@ def test_hybrid_calibration_fits_saves_and_keeps_the_evaluation_on_the_card(tiny
     photos = [procedural_image(72, 72, seed=i) for i in range(2)]
     args = argparse.Namespace(seed=0, hybrid_per_class=1, hybrid_policy="default")
     fitted = finish_hybrid(model, folder, photos, args)
-    assert fitted["samples"] == 11 + 4 and set(fitted["weights"]) == {d.value for d in TYPES}
+    # 11 single crops, 4 mixtures and those 4 after the agent's first step
+    assert fitted["samples"] == 11 + 4 + 4 and set(fitted["weights"]) == {d.value for d in TYPES}
     assert all(w in HYBRID_GRID for w in fitted["weights"].values())
     reloaded = saclip.load_checkpoint(folder)
     assert reloaded.settings.hybrid_weights == fitted["weights"]
@@ -524,6 +525,21 @@ def test_hybrid_weights_per_type_and_fitted_from_the_checkpoint(tiny_model):
         saclip.SAClipAssessor(tiny_model, blend={"fog": 0.5})
     with pytest.raises(ValueError, match="fitted"):
         saclip.SAClipAssessor(tiny_model, blend="best")
+
+
+def test_restored_samples_take_the_agents_first_step_and_drop_its_label():
+    from agent.perception.assessor import EstimatorAssessor
+    from agent.perception.saclip_train import restored_samples
+    from evals.synthesis import synthesize
+    from policies.schema import load_policy
+
+    photo = procedural_image(64, 64, seed=6)
+    degraded = synthesize(photo, [Degradation.NOISE, Degradation.JPEG], seed=2, severity=0.8).image
+    [restored] = restored_samples(
+        [{"image": degraded, "labels": ["noise", "jpeg"]}], load_policy("default"), EstimatorAssessor()
+    )
+    assert restored["labels"] == ["noise"]  # MAIR's order undoes JPEG first
+    assert restored["image"].shape == degraded.shape and not np.allclose(restored["image"], degraded)
 
 
 def test_fit_hybrid_weights_picks_the_better_detector_per_type():

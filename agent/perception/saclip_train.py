@@ -768,6 +768,35 @@ def fit_hybrid_weights(
     return weights, scores
 
 
+def restored_samples(mixtures: Sequence[Mapping[str, Any]], policy: Any, assessor: Any) -> list[dict[str, Any]]:
+    """Each mixture after the step the agent would take first, labelled with the degradations left.
+
+    The type undone first is the earliest of the mixture's types in the policy's order; its first candidate
+    tool runs with the parameters it suggests from ``assessor``'s report. Mixtures whose tool fails are
+    skipped.
+    """
+    from agent.planning.rule_planner import expand_candidates
+    from tools import default_registry
+    from tools.base import ToolError
+
+    registry = default_registry()
+    out = []
+    for sample in mixtures:
+        labels = [Degradation(name) for name in sample["labels"]]
+        first = min(labels, key=policy.order_prior.index)
+        attempts = expand_candidates(policy, registry, first, assessor.assess(sample["image"]))
+        if not attempts:
+            continue
+        try:
+            restored = registry.get(attempts[0]["tool"])(sample["image"], attempts[0]["params"]).image
+        except (ToolError, ValueError) as error:
+            logger.info("skipping a restored sample: %s", error)
+            continue
+        left = [d.value for d in labels if d != first]
+        out.append({"image": restored, "labels": left, "severity": {}, "source": sample.get("source", "")})
+    return out
+
+
 def calibrate_hybrid(
     model: SAClipModel,
     images: Sequence[np.ndarray],
@@ -780,9 +809,11 @@ def calibrate_hybrid(
     """Fit and set ``model.settings.hybrid_weights`` on degraded crops of ``images`` (held-out photos).
 
     The crops (``per_class`` of every class alone, clean included, and ``mixed`` mixtures, drawn as by
-    :func:`agent.perception.evaluate.synthetic_samples`) are assessed whole, by SA-CLIP and by the estimator
-    assessor, as the agent would; each type's weight comes from :func:`fit_hybrid_weights` at the presence
-    threshold of ``policy``. Returns the weights and the per-type F1 scores.
+    :func:`agent.perception.evaluate.synthetic_samples`), plus each mixture after the agent's first step
+    (:func:`restored_samples`: the verifier judges such images, and a type that appears on them by mistake
+    vetoes good steps), are assessed whole, by SA-CLIP and by the estimator assessor, as the agent would;
+    each type's weight comes from :func:`fit_hybrid_weights` at the presence threshold of ``policy``.
+    Returns the weights and the per-type F1 scores.
     """
     from tqdm import tqdm
 
@@ -794,8 +825,9 @@ def calibrate_hybrid(
     single, mixtures = synthetic_samples(
         [(f"held-out-{i}", image) for i, image in enumerate(images)], per_class, mixed, seed, size
     )
-    samples = single + mixtures
-    clip_assessor, estimators = saclip.SAClipAssessor(model), EstimatorAssessor()
+    estimators = EstimatorAssessor()
+    samples = single + mixtures + restored_samples(mixtures, loaded, estimators)
+    clip_assessor = saclip.SAClipAssessor(model)
     sa_rows, est_rows = [], []
     for sample in tqdm(samples, desc="hybrid calibration", unit="crop"):
         sa_report, est_report = clip_assessor.assess(sample["image"]), estimators.assess(sample["image"])
