@@ -352,8 +352,10 @@ def test_evaluate_assessor_scores_single_mixed_and_real_sets(photo):
     assert result["mixed"]["per_type"]["haze"]["f1"] == 0.0
     assert result["real"]["noisy photos"]["accuracy"] == 0.5
     assert result["real"]["noisy photos"]["predicted"] == {"noise": 1, "no": 1}
+    assert result["real"]["noisy photos"]["label_present"] == 0.5
     text = format_result(result)
     assert "accuracy 66.7%" in text and "real sets together: 50.0% of 2 images" in text
+    assert "label found present (probability >= 0.5): 50.0%" in text
     # severities 0.8 (noise, right) and 1.0 (haze, missed) both fall in the top band; nothing below it
     bands = single_scores["accuracy_by_severity"]
     assert bands["0.67-1"] == {"accuracy": 0.5, "samples": 2} and bands["0-0.33"]["samples"] == 0

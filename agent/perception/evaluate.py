@@ -205,7 +205,8 @@ def evaluate_assessor(
         "real": {},
     }
     for name, (images, label) in (real or {}).items():
-        winners = [dominant_class(assess(image)) for image in images]
+        reports = [assess(image) for image in images]
+        winners = [dominant_class(report) for report in reports]
         counts: dict[str, int] = {}
         for winner in winners:
             counts[winner] = counts.get(winner, 0) + 1
@@ -213,6 +214,8 @@ def evaluate_assessor(
             "label": label.value,
             "images": len(images),
             "accuracy": float(np.mean([w == label.value for w in winners])) if winners else float("nan"),
+            # multi-label view: the set's degradation found present, whatever else is
+            "label_present": float(np.mean([r.probability(label) >= 0.5 for r in reports] or [np.nan])),
             "predicted": dict(sorted(counts.items(), key=lambda kv: -kv[1])),
         }
     result["seconds_per_image"] = float(np.mean(seconds)) if seconds else float("nan")
@@ -257,11 +260,17 @@ def format_result(result: dict[str, Any]) -> str:
     ]
     for name, entry in result["real"].items():
         top = ", ".join(f"{k} {v}" for k, v in list(entry["predicted"].items())[:3])
-        lines.append(f"real {name} ({entry['images']} images, label {entry['label']}): {entry['accuracy']:.1%} ({top})")
+        present = f"; label present {entry['label_present']:.0%}" if "label_present" in entry else ""
+        lines.append(
+            f"real {name} ({entry['images']} images, label {entry['label']}): {entry['accuracy']:.1%} ({top}){present}"
+        )
     if result["real"]:
         total = sum(e["images"] for e in result["real"].values())
         right = sum(e["accuracy"] * e["images"] for e in result["real"].values())
         lines.append(f"real sets together: {right / max(total, 1):.1%} of {total} images")
+        if all("label_present" in e for e in result["real"].values()):
+            present = sum(e["label_present"] * e["images"] for e in result["real"].values())
+            lines.append(f"  label found present (probability >= 0.5): {present / max(total, 1):.1%}")
     lines.append(f"assessor time: {result['seconds_per_image'] * 1000:.0f} ms per image (mean)")
     return "\n".join(lines)
 
