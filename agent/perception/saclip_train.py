@@ -726,6 +726,8 @@ def calibrate_outputs(model: SAClipModel, images: Sequence[np.ndarray], seed: in
 
 #: Candidate weights of the estimator assessor in the ``hybrid`` assessor, per type.
 HYBRID_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+#: Held-out crops per class for ``--hybrid-only`` when ``--hybrid-per-class`` is not given.
+HYBRID_PER_CLASS = 30
 
 
 def fit_hybrid_weights(
@@ -1173,12 +1175,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--hybrid-per-class",
         type=int,
-        default=30,
-        help="after the offsets, fit the hybrid assessor's per-type weights on this many held-out crops "
-        "per class and four times as many mixtures (0: skip)",
+        default=0,
+        help="after the offsets, fit the hybrid assessor's per-type weights on this many held-out crops per "
+        "class and four times as many mixtures (0: skip; the even average guided the agent better, see README)",
     )
     p.add_argument("--hybrid-policy", default="default", help="policy whose presence thresholds the hybrid fit uses")
-    p.add_argument("--hybrid-only", action="store_true", help="only fit the hybrid weights of the checkpoint in --out")
+    p.add_argument(
+        "--hybrid-only",
+        action="store_true",
+        help=f"only fit the hybrid weights of the checkpoint in --out (--hybrid-per-class, default {HYBRID_PER_CLASS})",
+    )
     return p
 
 
@@ -1191,6 +1197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = Path(args.out)
         model = saclip.load_checkpoint(out)
         _, held_out = _load_split(Path(args.shared), args.val_images, args.max_side)
+        args.hybrid_per_class = args.hybrid_per_class or HYBRID_PER_CLASS
         finish_hybrid(model, out, held_out, args)
         return 0
     if args.calibrate_only:
