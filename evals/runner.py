@@ -224,14 +224,14 @@ def _worker_state(suite: Suite, metric_names: list[str], threads: int) -> dict[s
     torch.set_num_threads(max(1, threads))
     cv2.setNumThreads(max(1, threads))
     from agent.context import RunContext
-    from agent.perception.assessor import EstimatorAssessor
+    from agent.perception.assessor import make_assessor
     from evals.baselines import BaselineRunner
     from evals.iqa_metrics import MetricSet
     from policies import load_policy
     from tools import default_registry
 
     registry = default_registry()
-    assessor = EstimatorAssessor()
+    assessor = make_assessor(suite.assessor)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     _WORKER.clear()
     _WORKER.update(

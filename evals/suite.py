@@ -143,12 +143,23 @@ class Suite(_Section):
         default_factory=list, description="metrics whose share of images improved over the input is reported"
     )
     gallery_per_dataset: int = Field(default=24, ge=0, description="images per dataset shown in the HTML gallery")
+    assessor: str = Field(
+        default="estimators",
+        description="perception of the agents and baselines: estimators | saclip[:<folder>] | hybrid[:<folder>]",
+    )
 
     @field_validator("schema_version")
     @classmethod
     def _version(cls, value: int) -> int:
         if value != SCHEMA_VERSION:
             raise ValueError(f"schema_version {value} is not supported; this restora reads version {SCHEMA_VERSION}")
+        return value
+
+    @field_validator("assessor")
+    @classmethod
+    def _assessor_known(cls, value: str) -> str:
+        if value.partition(":")[0] not in ("estimators", "saclip", "hybrid") or value.startswith("estimators:"):
+            raise ValueError(f"unknown assessor {value!r}; use estimators, saclip[:<folder>] or hybrid[:<folder>]")
         return value
 
     @model_validator(mode="after")
@@ -168,6 +179,8 @@ class Suite(_Section):
     def fingerprint(self) -> str:
         """A short hash of everything that changes results (finished items of another fingerprint are redone)."""
         data = self.model_dump(mode="json", exclude={"description", "gallery_per_dataset"})
+        if data["assessor"] == "estimators":  # the setting before it was one: earlier results stay valid
+            del data["assessor"]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

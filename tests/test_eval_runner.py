@@ -176,3 +176,17 @@ def test_cli_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     shutil.copy(Path(__file__), missing / "not_an_image.py")
     assert eval_main(["mixed", "--data", str(missing), "--out", str(tmp_path / "o"), "-q"]) == 2
     assert "pass the data root with --data" in capsys.readouterr().err
+
+
+def test_the_suite_names_the_perception_of_its_agents_and_baselines() -> None:
+    from evals.runner import _WORKER, _worker_state
+
+    try:
+        default = _worker_state(tiny_suite(), ["psnr"], 1)
+        assert type(default["baselines"].assessor).__name__ == "EstimatorAssessor"
+        hybrid_suite = tiny_suite().model_copy(update={"assessor": "hybrid"})
+        hybrid = _worker_state(hybrid_suite, ["psnr"], 1)
+        assert hybrid["baselines"].assessor.name == "saclip+estimators"
+        assert all(context.assessor is hybrid["baselines"].assessor for context in hybrid["contexts"].values())
+    finally:
+        _WORKER.clear()

@@ -60,6 +60,12 @@ def test_suite_errors_name_the_problem(tmp_path: Path) -> None:
     suite = load_suite(path)
     assert suite.name == "mine" and suite.datasets[0].synthesis.variants()[0] == "A1"
     assert suite.fingerprint() != suite.model_copy(update={"seed": 1}).fingerprint()
+    # the agents' perception is a suite setting; the estimators (the default) keep earlier fingerprints
+    assert suite.assessor == "estimators"
+    assert suite.fingerprint() == suite_from_mapping({**base, "name": "mine"}).fingerprint()
+    assert suite.fingerprint() != suite_from_mapping({**base, "name": "mine", "assessor": "hybrid"}).fingerprint()
+    with pytest.raises(SuiteError, match="unknown assessor"):
+        suite_from_mapping({**base, "assessor": "clip"})
 
 
 # ----------------------------------------------------------------------------------------------
