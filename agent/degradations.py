@@ -85,14 +85,15 @@ def restoration_order(degradations: list[Degradation] | set[Degradation]) -> lis
 _BLURS = frozenset({Degradation.MOTION_BLUR, Degradation.DEFOCUS_BLUR, Degradation.LOW_RESOLUTION})
 
 #: What removing a degradation can legitimately reveal or amplify: noise and JPEG blocks hide
-#: blur; smoothing away rain looks like blur; brightening or dehazing lifts noise and blocks
-#: out of the shadows; haze flattens contrast, so the blur left under it shows once it is gone.
+#: blur; noise also lowers the dark channel (its minima), so denoising raises that haze cue and shows
+#: haze the noise was hiding; smoothing away rain looks like blur; brightening or dehazing lifts noise
+#: and blocks out of the shadows; haze flattens contrast, so the blur left under it shows once it is gone.
 #: (Brightening also lifts the dark channel, a haze cue, but a haze step after brightening was
 #: seen to wreck an image, so that rise still counts against the step.)
 #: The verifier does not hold such a rise against the step, and the
 #: planner may take a revealed type up again.
 REVEALS: dict[Degradation, frozenset[Degradation]] = {
-    Degradation.NOISE: _BLURS,
+    Degradation.NOISE: _BLURS | {Degradation.HAZE},
     Degradation.JPEG: _BLURS,
     Degradation.RAIN: _BLURS,
     Degradation.RAINDROP: _BLURS,

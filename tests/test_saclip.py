@@ -430,7 +430,10 @@ def test_default_assessor_follows_env_and_falls_back_when_weights_are_missing(mo
     from agent.perception import assessor as assessor_module
 
     monkeypatch.delenv(assessor_module.ASSESSOR_ENV, raising=False)
-    monkeypatch.setattr(assessor_module, "DEFAULT_ASSESSOR", "saclip")
+    assert assessor_module.DEFAULT_ASSESSOR == "hybrid"
+    if (saclip.DEFAULT_WEIGHTS_DIR / saclip.WEIGHTS_FILE).is_file():  # the packaged SA-CLIP with the estimators
+        default = assessor_module.default_assessor()
+        assert default.name == "saclip+estimators" and np.allclose(default.blend, 0.5)
     monkeypatch.setattr(saclip, "DEFAULT_WEIGHTS_DIR", tmp_path / "not-packaged")
     with caplog.at_level("WARNING"):
         fallback = assessor_module.default_assessor()

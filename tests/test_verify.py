@@ -43,13 +43,21 @@ def test_partial_restoration_kept_when_quality_rises():
 
 
 def test_rejects_an_unrelated_rise_but_tolerates_a_revealed_one():
-    before = report(noise=0.9, haze=0.1, defocus_blur=0.2)
-    hazier = report(noise=0.1, haze=0.8, defocus_blur=0.2)
-    v = verify_step(Degradation.NOISE, before, hazier, iqa(50), iqa(45), 0.95, THRESHOLDS)
-    assert not v.accept and "haze" in v.reason
+    before = report(noise=0.9, haze=0.1, defocus_blur=0.2, color_cast=0.1)
+    tinted = report(noise=0.1, haze=0.1, defocus_blur=0.2, color_cast=0.8)
+    v = verify_step(Degradation.NOISE, before, tinted, iqa(50), iqa(45), 0.95, THRESHOLDS)
+    assert not v.accept and "color_cast" in v.reason
     blurrier = report(noise=0.1, haze=0.1, defocus_blur=0.8)  # denoising reveals blur noise was hiding
     v = verify_step(Degradation.NOISE, before, blurrier, iqa(50), iqa(45), 0.95, THRESHOLDS)
     assert v.accept and v.checks["revealed"] == {"defocus_blur": 0.6}
+    hazier = report(noise=0.1, haze=0.8, defocus_blur=0.2)  # ... and haze: noise had lowered the dark channel
+    v = verify_step(Degradation.NOISE, before, hazier, iqa(50), iqa(45), 0.95, THRESHOLDS)
+    assert v.accept and v.checks["revealed"] == {"haze": 0.7}
+    brighter = report(low_light=0.1, haze=0.8)  # a haze rise after brightening still counts against it
+    v = verify_step(
+        Degradation.LOW_LIGHT, report(low_light=0.9, haze=0.1), brighter, iqa(50), iqa(45), 0.95, THRESHOLDS
+    )
+    assert not v.accept and "haze" in v.reason
 
 
 def test_iqa_tolerance_depends_on_the_target():
