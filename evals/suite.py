@@ -158,8 +158,9 @@ class Suite(_Section):
     @field_validator("assessor")
     @classmethod
     def _assessor_known(cls, value: str) -> str:
-        if value.partition(":")[0] not in ("estimators", "saclip", "hybrid") or value.startswith("estimators:"):
-            raise ValueError(f"unknown assessor {value!r}; use estimators, saclip[:<folder>] or hybrid[:<folder>]")
+        from agent.perception.assessor import parse_assessor_spec
+
+        parse_assessor_spec(value)
         return value
 
     @model_validator(mode="after")

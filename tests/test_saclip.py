@@ -538,9 +538,8 @@ def test_restored_samples_take_the_agents_first_step_and_drop_its_label():
 
     photo = procedural_image(64, 64, seed=6)
     degraded = synthesize(photo, [Degradation.NOISE, Degradation.JPEG], seed=2, severity=0.8).image
-    [restored] = restored_samples(
-        [{"image": degraded, "labels": ["noise", "jpeg"]}], load_policy("default"), EstimatorAssessor()
-    )
+    mixture = {"image": degraded, "labels": ["noise", "jpeg"]}
+    [restored] = restored_samples([mixture], load_policy("default"), [EstimatorAssessor().assess(degraded)])
     assert restored["labels"] == ["noise"]  # MAIR's order undoes JPEG first
     assert restored["image"].shape == degraded.shape and not np.allclose(restored["image"], degraded)
 

@@ -298,6 +298,24 @@ ASSESSOR_ENV = "RESTORA_ASSESSOR"
 DEFAULT_ASSESSOR = "hybrid"
 
 
+#: The assessor names a spec may start with (``saclip`` and ``hybrid`` also take ``:<checkpoint folder>``).
+ASSESSOR_NAMES = ("estimators", "saclip", "hybrid")
+
+
+def parse_assessor_spec(spec: str) -> tuple[str, str]:
+    """Split an assessor spec into ``(name, checkpoint folder or "")``.
+
+    Raises:
+        ValueError: for an unknown name, or a folder given to ``estimators``.
+    """
+    name, _, path = spec.partition(":")
+    if name not in ASSESSOR_NAMES or (name == "estimators" and path):
+        raise ValueError(
+            f"unknown assessor {spec!r}; use 'estimators', 'saclip[:<checkpoint folder>]' or 'hybrid[:<folder>]'"
+        )
+    return name, path
+
+
 def make_assessor(spec: str) -> Any:
     """Build the assessor named by ``spec``: ``"estimators"``, ``"saclip[:<checkpoint dir>]"`` or ``"hybrid[:<dir>]"``.
 
@@ -309,16 +327,12 @@ def make_assessor(spec: str) -> Any:
         ValueError: for an unknown name.
         FileNotFoundError: when a SA-CLIP checkpoint is missing (the message names the training command).
     """
-    name, _, path = spec.partition(":")
-    if name == "estimators" and not path:
+    name, path = parse_assessor_spec(spec)
+    if name == "estimators":
         return EstimatorAssessor()
-    if name in ("saclip", "hybrid"):
-        from agent.perception.saclip import SAClipAssessor
+    from agent.perception.saclip import SAClipAssessor
 
-        return SAClipAssessor(Path(path) if path else None, blend="fitted" if name == "hybrid" else 0.0)
-    raise ValueError(
-        f"unknown assessor {spec!r}; use 'estimators', 'saclip[:<checkpoint folder>]' or 'hybrid[:<folder>]'"
-    )
+    return SAClipAssessor(Path(path) if path else None, blend="fitted" if name == "hybrid" else 0.0)
 
 
 def default_assessor(spec: str | None = None) -> Any:

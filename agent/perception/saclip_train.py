@@ -68,6 +68,8 @@ TRAIN_STATE_FILE = "train_state.pt"
 #: Held-out evaluation of a checkpoint (``python -m agent.perception.evaluate --write-card``), kept beside it.
 EVALUATION_FILE = "evaluation.json"
 _TYPE_INDEX = {d: i for i, d in enumerate(TYPES)}
+#: Default sample mix: share of clean crops, of mixtures, and of degraded crops carrying their clean crop.
+P_CLEAN, P_MIXED, P_WITH_CLEAN = 0.05, 0.3, 0.25
 
 
 # ----------------------------------------------------------------------------------------------
@@ -75,7 +77,7 @@ _TYPE_INDEX = {d: i for i, d in enumerate(TYPES)}
 # ----------------------------------------------------------------------------------------------
 
 
-def draw_labels(rng: np.random.Generator, p_clean: float = 0.05, p_mixed: float = 0.3) -> list[Degradation]:
+def draw_labels(rng: np.random.Generator, p_clean: float = P_CLEAN, p_mixed: float = P_MIXED) -> list[Degradation]:
     """Draw the degradations of one training sample: none, one, or a mixture of two or three."""
     from evals.synthesis import MIO100_COMBINATIONS
 
@@ -222,9 +224,9 @@ class SyntheticStream(torch.utils.data.IterableDataset):
         seed: int = 0,
         start: int = 0,
         measurement_names: Sequence[str] = (),
-        p_clean: float = 0.05,
-        p_mixed: float = 0.3,
-        p_with_clean: float = 0.25,
+        p_clean: float = P_CLEAN,
+        p_mixed: float = P_MIXED,
+        p_with_clean: float = P_WITH_CLEAN,
         content_jitter: float = 0.0,
     ) -> None:
         super().__init__()
@@ -299,7 +301,7 @@ def build_cache(
     seed: int,
     measurement_names: Sequence[str] = (),
     workers: int = 1,
-    probabilities: tuple[float, float, float] = (0.05, 0.3, 0.25),
+    probabilities: tuple[float, float, float] = (P_CLEAN, P_MIXED, P_WITH_CLEAN),
     content_jitter: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """Synthesise (or reload) ``count`` training samples into ``folder`` and return them as arrays.
@@ -368,11 +370,11 @@ def build_cache(
 
 
 def default_cache_dir(
-    size: int, seed: int, measurement_names: Sequence[str], p_clean: float = 0.05, content_jitter: float = 0.0
+    size: int, seed: int, measurement_names: Sequence[str], p_clean: float = P_CLEAN, content_jitter: float = 0.0
 ) -> Path:
     """``~/.cache/restora/saclip-s<size>-seed<seed>[-measured][-clean<p>][-jitter<j>]``: one folder per setting."""
     suffix = "-measured" if measurement_names else ""
-    suffix += f"-clean{p_clean:g}" if p_clean != 0.05 else ""
+    suffix += f"-clean{p_clean:g}" if p_clean != P_CLEAN else ""
     suffix += f"-jitter{content_jitter:g}" if content_jitter else ""
     return Path.home() / ".cache" / "restora" / f"saclip-s{size}-seed{seed}{suffix}"
 
@@ -662,17 +664,21 @@ def fit_class_bias(logits: np.ndarray, true_class: np.ndarray, sweeps: int = 3) 
     return bias
 
 
+def binary_f1(predicted: np.ndarray, present: np.ndarray) -> float:
+    """F1 of boolean ``predicted`` against boolean ``present`` (0 when both are empty)."""
+    tp = float((predicted & present).sum())
+    return 2 * tp / max(float(predicted.sum() + present.sum()), 1.0)
+
+
 def fit_presence_bias(presence_logits: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """Per-type logit offsets moving each type's F1-best threshold to probability 0.5."""
     bias = np.zeros(presence_logits.shape[1])
     for j in range(presence_logits.shape[1]):
         if not truth[:, j].any():
             continue
-        scores = []
-        for value in BIAS_GRID:
-            predicted = presence_logits[:, j] + value > 0
-            tp = float((predicted & truth[:, j]).sum())
-            scores.append((2 * tp / max(float(predicted.sum() + truth[:, j].sum()), 1.0), -abs(value), value))
+        scores = [
+            (binary_f1(presence_logits[:, j] + value > 0, truth[:, j]), -abs(value), value) for value in BIAS_GRID
+        ]
         bias[j] = max(scores)[2]
     return bias
 
@@ -746,36 +752,34 @@ def fit_hybrid_weights(
     Returns:
         The weights (T,) and, per type, the F1 of SA-CLIP alone, of the estimators alone and of the blend.
     """
-
-    def f1(probability: np.ndarray, present: np.ndarray, threshold: float) -> float:
-        predicted = probability >= threshold
-        tp = float((predicted & present).sum())
-        return 2 * tp / max(float(predicted.sum() + present.sum()), 1.0)
-
     weights = np.zeros(truth.shape[1])
     scores = []
     for j, threshold in enumerate(thresholds):
         present = truth[:, j].astype(bool)
         blends = [(1 - w) * saclip_probability[:, j] + w * estimator_probability[:, j] for w in grid]
-        options = [(f1(blend, present, threshold), -abs(w - 0.5), w) for blend, w in zip(blends, grid, strict=True)]
+        options = [
+            (binary_f1(blend >= threshold, present), -abs(w - 0.5), w) for blend, w in zip(blends, grid, strict=True)
+        ]
         best = max(options)
         weights[j] = best[2]
         scores.append(
             {
-                "saclip": f1(saclip_probability[:, j], present, threshold),
-                "estimators": f1(estimator_probability[:, j], present, threshold),
+                "saclip": binary_f1(saclip_probability[:, j] >= threshold, present),
+                "estimators": binary_f1(estimator_probability[:, j] >= threshold, present),
                 "hybrid": best[0],
             }
         )
     return weights, scores
 
 
-def restored_samples(mixtures: Sequence[Mapping[str, Any]], policy: Any, assessor: Any) -> list[dict[str, Any]]:
+def restored_samples(
+    mixtures: Sequence[Mapping[str, Any]], policy: Any, reports: Sequence[Any]
+) -> list[dict[str, Any]]:
     """Each mixture after the step the agent would take first, labelled with the degradations left.
 
     The type undone first is the earliest of the mixture's types in the policy's order; its first candidate
-    tool runs with the parameters it suggests from ``assessor``'s report. Mixtures whose tool fails are
-    skipped.
+    tool runs with the parameters it suggests from the mixture's report in ``reports`` (one per mixture, as
+    the agent's perception would give). Mixtures whose tool fails are skipped.
     """
     from agent.planning.rule_planner import expand_candidates
     from tools import default_registry
@@ -783,10 +787,10 @@ def restored_samples(mixtures: Sequence[Mapping[str, Any]], policy: Any, assesso
 
     registry = default_registry()
     out = []
-    for sample in mixtures:
+    for sample, report in zip(mixtures, reports, strict=True):
         labels = [Degradation(name) for name in sample["labels"]]
         first = min(labels, key=policy.order_prior.index)
-        attempts = expand_candidates(policy, registry, first, assessor.assess(sample["image"]))
+        attempts = expand_candidates(policy, registry, first, report)
         if not attempts:
             continue
         try:
@@ -827,12 +831,14 @@ def calibrate_hybrid(
     single, mixtures = synthetic_samples(
         [(f"held-out-{i}", image) for i, image in enumerate(images)], per_class, mixed, seed, size
     )
-    estimators = EstimatorAssessor()
-    samples = single + mixtures + restored_samples(mixtures, loaded, estimators)
-    clip_assessor = saclip.SAClipAssessor(model)
+    estimators, clip_assessor = EstimatorAssessor(), saclip.SAClipAssessor(model)
+    mixture_reports = [estimators.assess(sample["image"]) for sample in mixtures]
+    samples = [*single, *mixtures, *restored_samples(mixtures, loaded, mixture_reports)]
+    known = {len(single) + i: report for i, report in enumerate(mixture_reports)}  # assessed once, not twice
     sa_rows, est_rows = [], []
-    for sample in tqdm(samples, desc="hybrid calibration", unit="crop"):
-        sa_report, est_report = clip_assessor.assess(sample["image"]), estimators.assess(sample["image"])
+    for i, sample in enumerate(tqdm(samples, desc="hybrid calibration", unit="crop")):
+        sa_report = clip_assessor.assess(sample["image"])
+        est_report = known[i] if i in known else estimators.assess(sample["image"])
         sa_rows.append([sa_report.estimates[d].probability for d in TYPES])
         est_rows.append([est_report.estimates[d].probability for d in TYPES])
     truth = np.array([[d.value in s["labels"] for d in TYPES] for s in samples])
@@ -914,7 +920,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             args.seed,
             names,
             max(1, args.workers),
-            (args.p_clean, 0.3, 0.25),
+            (args.p_clean, P_MIXED, P_WITH_CLEAN),
             args.content_jitter,
         )
         loader = (
@@ -1083,7 +1089,7 @@ def write_model_card(folder: Path, evaluation: Mapping[str, Any] | None = None) 
 
 def _data_options(record: Mapping[str, Any]) -> str:
     """The non-default data options of a training record, as command-line text."""
-    text = f" --p-clean {record['p_clean']:g}" if record.get("p_clean", 0.05) != 0.05 else ""
+    text = f" --p-clean {record['p_clean']:g}" if record.get("p_clean", P_CLEAN) != P_CLEAN else ""
     text += f" --content-jitter {record['content_jitter']:g}" if record.get("content_jitter") else ""
     return text
 
@@ -1155,7 +1161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--p-clean", type=float, default=0.05, help="share of samples that are clean crops")
+    p.add_argument("--p-clean", type=float, default=P_CLEAN, help="share of samples that are clean crops")
     p.add_argument(
         "--content-jitter",
         type=float,
@@ -1193,17 +1199,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logger.setLevel(logging.INFO)
     args = build_parser().parse_args(argv)
-    if args.hybrid_only:
+    if args.hybrid_only or args.calibrate_only:
         out = Path(args.out)
         model = saclip.load_checkpoint(out)
         _, held_out = _load_split(Path(args.shared), args.val_images, args.max_side)
+    if args.hybrid_only:
         args.hybrid_per_class = args.hybrid_per_class or HYBRID_PER_CLASS
         finish_hybrid(model, out, held_out, args)
         return 0
     if args.calibrate_only:
-        out = Path(args.out)
-        model = saclip.load_checkpoint(out)
-        _, held_out = _load_split(Path(args.shared), args.val_images, args.max_side)
         names = model_measurement_names(model)
         size = model.settings.image_size
         val = validation_set(held_out, size, args.seed + 1, args.val_per_class, args.val_mixed, names)
