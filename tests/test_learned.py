@@ -223,3 +223,22 @@ def test_train_resume_and_evaluate_on_a_tiny_dataset(tmp_path):
     assert row["denoise_dct"] > row["input"] + 1.0  # the classical rival really denoises
     card = (out / "MODEL_CARD.md").read_text()
     assert "Held-out evaluation" in card and "denoise_dct" in card
+
+
+def test_time_budget_with_synthesis_workers_stops_and_records_the_steps(tmp_path):
+    from tools.learned.train import TrainSettings, cosine_lr, reproduce_command, train
+
+    shared = _fake_shared(tmp_path / "shared")
+    out = tmp_path / "weights" / "jpeg"
+    settings = TrainSettings(
+        task="jpeg", steps=10_000, batch_size=2, crop=24, val_images=1, val_every=10_000, workers=1, time_budget_s=3.0
+    )
+    record = train(settings, shared, out, model_config=TINY.to_dict(), progress=False, checkpoint_dir=tmp_path / "ck")
+    training = record["training"]
+    assert 0 < training["steps_done"] < 10_000 and training["seconds"] >= 3.0
+    assert training["schedule"] == [{"from_step": 0, "time_budget_s": 3.0}]
+    assert record["history"][-1]["step"] == training["steps_done"]  # validated when the budget ran out
+    assert cosine_lr(settings, 0.0) == settings.lr and cosine_lr(settings, 1.0) == settings.min_lr
+    command = reproduce_command("jpeg", training, record["model"])
+    assert "--workers 1" in command and "--time-budget 3" in command and "--crop 24" in command
+    assert "over a 3 s time budget" in (out / "MODEL_CARD.md").read_text()

@@ -120,6 +120,30 @@ TASKS: dict[str, Task] = {
             SEVERITY_BANDS,
             ("lowlight_retinex",),
         ),
+        Task(
+            "motion_deblur",
+            Degradation.MOTION_BLUR,
+            "blind removal of linear motion blur (5-25 px, any direction)",
+            "severity",
+            SEVERITY_BANDS,
+            ("deblur_wiener",),
+        ),
+        Task(
+            "defocus_deblur",
+            Degradation.DEFOCUS_BLUR,
+            "blind removal of defocus (disc) blur (radius 1.5-6 px)",
+            "severity",
+            SEVERITY_BANDS,
+            ("deblur_wiener",),
+        ),
+        Task(
+            "upscale",
+            Degradation.LOW_RESOLUTION,
+            "detail restoration of images upsampled from 2x-4x lower resolution (same-size input and output)",
+            "severity",
+            SEVERITY_BANDS,
+            ("upscale_detail", "deblur_wiener"),
+        ),
     )
 }
 

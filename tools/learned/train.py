@@ -5,8 +5,12 @@ project's calibration split (BSD100) only; a seeded split of those images into t
 validation images is recorded in ``config.json``. AdamW with a cosine learning-rate schedule and the
 PSNR loss (NAFNet's) or L1. A checkpoint (model, optimiser, scheduler, step, random states) is
 written every ``--checkpoint-every`` steps and ``--resume`` continues from it; the GPU is used when
-present. The result is ``model.safetensors`` + ``config.json`` + ``MODEL_CARD.md`` in
-``tools/learned/weights/<task>/`` (or ``--out``), followed by the held-out evaluation
+present. ``--workers N`` synthesises batches in N processes (needed to keep a GPU busy; each worker
+draws from its own seeded stream, so a run is reproducible for a given worker count and resume
+points). ``--time-budget SECONDS`` fits the cosine schedule to training time instead of steps: the
+learning rate follows the elapsed share of the budget and training stops when it is spent (or at
+``--steps``); the steps reached are recorded. The result is ``model.safetensors`` + ``config.json`` +
+``MODEL_CARD.md`` in ``tools/learned/weights/<task>/`` (or ``--out``), followed by the held-out evaluation
 (:mod:`tools.learned.evaluate`) unless ``--no-eval``.
 """
 
@@ -49,6 +53,8 @@ class TrainSettings:
     val_images: int = 10
     val_every: int = 500
     checkpoint_every: int = 250
+    workers: int = 0
+    time_budget_s: float | None = None
 
 
 def split_images(names: list[str], val_images: int, seed: int) -> dict[str, list[str]]:
@@ -79,6 +85,44 @@ def make_batch(
         degraded.append(noisy.transpose(2, 0, 1))
         clean.append(patch.transpose(2, 0, 1))
     return np.stack(degraded).astype(np.float32), np.stack(clean).astype(np.float32)
+
+
+def batch_stream(task: Task, images: list[np.ndarray], settings: TrainSettings, start_step: int):
+    """Endless batches synthesised by ``settings.workers`` DataLoader processes.
+
+    Worker ``i`` draws from ``np.random.default_rng([seed, start_step, i])``, so a run is reproducible
+    for a given worker count and the same resume points.
+    """
+    import torch
+    from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+    class _Batches(IterableDataset):
+        def __iter__(self):
+            info = get_worker_info()
+            rng = np.random.default_rng([settings.seed, start_step, info.id if info else 0])
+            while True:
+                degraded, clean = make_batch(task, images, settings.batch_size, settings.crop, rng)
+                yield torch.from_numpy(degraded), torch.from_numpy(clean)
+
+    import multiprocessing
+
+    loader = DataLoader(
+        _Batches(),
+        # The stream is a local class over in-memory images: fork (POSIX) shares them without pickling.
+        multiprocessing_context="fork" if "fork" in multiprocessing.get_all_start_methods() else None,
+        batch_size=None,
+        num_workers=settings.workers,
+        pin_memory=torch.cuda.is_available(),
+        prefetch_factor=4,
+        persistent_workers=True,
+    )
+    return iter(loader)
+
+
+def cosine_lr(settings: TrainSettings, fraction: float) -> float:
+    """The cosine schedule's learning rate after ``fraction`` (0-1) of training."""
+    fraction = min(max(fraction, 0.0), 1.0)
+    return settings.min_lr + (settings.lr - settings.min_lr) * (1 + math.cos(math.pi * fraction)) / 2
 
 
 def loss_fn(name: str):
@@ -181,6 +225,9 @@ def train(
 
     task = get_task(settings.task)
     device = pick_device()
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     paths = clean_split(shared)["calibration"]
     loaded = dict(load_clean_images(paths, crop=None))
     split = split_images(sorted(loaded), settings.val_images, settings.seed)
@@ -204,8 +251,11 @@ def train(
     )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.steps, eta_min=settings.min_lr)
     rng = np.random.default_rng(settings.seed)
-    step, history = 0, []
-    schedule = [{"from_step": 0, "steps": settings.steps}]  # cosine targets; changes when a resume re-targets
+    step, history, seconds_before = 0, [], 0.0
+    # Cosine targets (steps, or a time budget); a resume that re-targets appends an entry.
+    schedule: list[dict[str, float]] = [{"from_step": 0, "steps": settings.steps}]
+    if settings.time_budget_s:
+        schedule = [{"from_step": 0, "time_budget_s": settings.time_budget_s}]
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -213,8 +263,12 @@ def train(
         rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
         step, history = state["step"], state["history"]
+        seconds_before = float(state.get("train_seconds", 0.0))
         schedule = state.get("schedule", [{"from_step": 0, "steps": state["settings"]["steps"]}])
-        if scheduler.T_max != settings.steps:  # a resumed run may be lengthened or shortened
+        if settings.time_budget_s:
+            if schedule[-1].get("time_budget_s") != settings.time_budget_s:
+                schedule.append({"from_step": step, "time_budget_s": settings.time_budget_s})
+        elif scheduler.T_max != settings.steps:  # a resumed run may be lengthened or shortened
             logger.info("cosine schedule now ends at step %d (was %d)", settings.steps, scheduler.T_max)
             scheduler.T_max = settings.steps
             schedule.append({"from_step": step, "steps": settings.steps})
@@ -237,6 +291,7 @@ def train(
             "step": step,
             "history": history,
             "schedule": schedule,
+            "train_seconds": seconds_before + time.perf_counter() - started,
             "settings": vars(settings),
             "model_config": config.to_dict(),
         }
@@ -248,27 +303,44 @@ def train(
     criterion = loss_fn(settings.loss)
     model.train()
     started = time.perf_counter()
+    budget = settings.time_budget_s
     bar = tqdm(total=settings.steps, initial=step, desc=f"train {task.name}", disable=not progress, smoothing=0.05)
     running = math.nan
-    while step < settings.steps:
-        degraded, clean = make_batch(task, train_images, settings.batch_size, settings.crop, rng)
-        degraded_t, clean_t = torch.from_numpy(degraded).to(device), torch.from_numpy(clean).to(device)
+    stream = batch_stream(task, train_images, settings, step) if settings.workers > 0 else None
+
+    def out_of_time() -> bool:
+        return budget is not None and seconds_before + time.perf_counter() - started >= budget
+
+    while step < settings.steps and not out_of_time():
+        if stream is not None:
+            degraded_t, clean_t = next(stream)
+        else:
+            degraded, clean = make_batch(task, train_images, settings.batch_size, settings.crop, rng)
+            degraded_t, clean_t = torch.from_numpy(degraded), torch.from_numpy(clean)
+        degraded_t = degraded_t.to(device, non_blocking=True)
+        clean_t = clean_t.to(device, non_blocking=True)
+        if budget is not None:  # the cosine schedule follows the share of the time budget spent
+            lr = cosine_lr(settings, (seconds_before + time.perf_counter() - started) / budget)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
         loss = criterion(model(degraded_t), clean_t)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
         optimizer.step()
-        scheduler.step()
+        if budget is None:
+            scheduler.step()
         step += 1
-        running = loss.item() if math.isnan(running) else 0.98 * running + 0.02 * loss.item()
+        loss_value = loss.item()
+        running = loss_value if math.isnan(running) else 0.98 * running + 0.02 * loss_value
         bar.update(1)
-        bar.set_postfix(loss=f"{running:.3f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
-        if step % settings.val_every == 0 or step == settings.steps:
+        bar.set_postfix(loss=f"{running:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}")
+        if step % settings.val_every == 0 or step == settings.steps or out_of_time():
             psnr_in, psnr_out = evaluate_batch(model, val_degraded, val_clean, device)
             history.append({"step": step, "val_psnr_input": psnr_in, "val_psnr": psnr_out, "loss": running})
             logger.info("step %d: validation PSNR %.2f dB (input %.2f dB)", step, psnr_out, psnr_in)
             bar.write(f"step {step}: val PSNR {psnr_out:.2f} dB (input {psnr_in:.2f} dB)")
-        if step % settings.checkpoint_every == 0 or step == settings.steps:
+        if step % settings.checkpoint_every == 0 or step == settings.steps or out_of_time():
             checkpoint()
     bar.close()
 
@@ -278,7 +350,12 @@ def train(
         "degradation": task.degradation.value,
         "parameters": count_parameters(model),
         "training": vars(settings)
-        | {"device": device, "seconds": round(time.perf_counter() - started, 1), "schedule": schedule},
+        | {
+            "device": device,
+            "seconds": round(seconds_before + time.perf_counter() - started, 1),
+            "steps_done": step,
+            "schedule": schedule,
+        },
         "data": {"source": "BSD100 (calibration split of evals.synthesis.clean_split)", "split": split},
         "history": history,
     }
@@ -305,9 +382,11 @@ def write_model_card(out: Path, record: dict[str, Any], evaluation: str | None =
         f"{len(record['data']['split']['val'])} validation images (seed {training['seed']}; names in config.json).",
         f"- Degradations synthesised on the fly with evals.synthesis on random {training['crop']}x{training['crop']} "
         "crops (flips and 90-degree rotations).",
-        f"- {training['steps']} steps, batch {training['batch_size']}, AdamW lr {training['lr']} cosine to "
-        f"{training['min_lr']}, {training['loss']} loss, device {training['device']}.",
-        f"- Reproduce: `python -m tools.learned.train --task {task.name} --steps {training['steps']}`.",
+        f"- {training.get('steps_done', training['steps'])} steps, batch {training['batch_size']}, AdamW lr "
+        f"{training['lr']} cosine to {training['min_lr']}"
+        + (f" over a {training['time_budget_s']:.0f} s time budget" if training.get("time_budget_s") else "")
+        + f", {training['loss']} loss, device {training['device']}, {training.get('seconds', 0) / 60:.1f} min.",
+        f"- Reproduce: `{reproduce_command(task.name, training, record['model'])}`.",
     ]
     if len(training.get("schedule", [])) > 1:
         changes = "; ".join(f"from step {c['from_step']} towards {c['steps']}" for c in training["schedule"])
@@ -324,6 +403,22 @@ def write_model_card(out: Path, record: dict[str, Any], evaluation: str | None =
     path = out / "MODEL_CARD.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def reproduce_command(task: str, training: dict[str, Any], model: dict[str, Any]) -> str:
+    """The ``tools.learned.train`` command line that repeats a recorded run (its non-default settings)."""
+    defaults = TrainSettings(task=task)
+    parts = [f"python -m tools.learned.train --task {task}"]
+    for name in ("steps", "batch_size", "crop", "lr", "loss", "seed", "workers", "time_budget_s"):
+        value = training.get(name)
+        if name == "steps" or (value is not None and value != getattr(defaults, name)):
+            flag = "--time-budget" if name == "time_budget_s" else "--" + name.replace("_", "-")
+            parts.append(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}")
+    from tools.learned.nafnet import NAFNetConfig
+
+    if model.get("width") != NAFNetConfig().width:
+        parts.append(f"--width {model['width']}")
+    return " ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -346,6 +441,10 @@ def main(argv: list[str] | None = None) -> int:
         "--checkpoint-dir", type=Path, default=None, help="checkpoint folder (default .restora-cache/train/<task>)"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--workers", type=int, default=0, help="processes synthesising batches (0: in the loop)")
+    parser.add_argument(
+        "--time-budget", type=float, default=None, help="seconds of training; the cosine schedule follows the time"
+    )
     parser.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation afterwards")
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N held-out images")
     args = parser.parse_args(argv)
@@ -364,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         val_every=args.val_every,
         checkpoint_every=args.checkpoint_every,
+        workers=args.workers,
+        time_budget_s=args.time_budget,
     )
     out = args.out or weights_dir(args.task)
     model_config = {"width": args.width} if args.width else None
