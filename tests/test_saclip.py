@@ -590,3 +590,30 @@ def test_packaged_default_loads_and_recognises_strong_noise():
     report = assessor.assess(noisy)
     assert report.probability(Degradation.NOISE) > 0.5
     assert saclip.softmax_dominant(report) == "noise"
+
+
+def test_finetune_benchmark_writes_a_loadable_random_folder_and_derives_rates(tmp_path, monkeypatch, capsys):
+    from agent.perception import bench_finetune, saclip_train
+
+    folder = bench_finetune.write_random_folder("SACLIP-tiny", tmp_path / "clip")
+    model = saclip.create_model(f"local-dir:{folder}")  # the published-weights path loads it
+    assert model.settings.freeze_text and not any(p.requires_grad for p in model.text_parameters())
+    with pytest.raises(ValueError, match="no architecture"):
+        bench_finetune.write_random_folder("no-such-arch", tmp_path / "bad")
+
+    seen: list[list[str]] = []
+
+    def fake_main(argv):  # records the arguments and the training time a real run would write
+        seen.append(argv)
+        out = next(a.split("=", 1)[1] for a in argv if a.startswith("--out="))
+        (tmp_path / out).mkdir(parents=True, exist_ok=True)
+        (tmp_path / out / "saclip.json").write_text(json.dumps({"training": {"seconds": 8.0, "device": "cpu"}}))
+        return 0
+
+    monkeypatch.setattr(saclip_train, "main", fake_main)
+    args = ["--backend", f"local-dir:{folder}", "--samples", "100", "--batch-size", "16", "--epochs", "2"]
+    assert bench_finetune.main([*args, "--work", str(tmp_path / "work")]) == 0
+    assert "--steps=13" in seen[0] and "--cache=100" in seen[0]  # ceil(2 * 100 / 16) steps
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["steps_per_second"] == pytest.approx(13 / 8.0)
+    assert record["seconds_per_epoch"] == pytest.approx(8.0 * 100 / (13 * 16))
