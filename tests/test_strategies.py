@@ -467,6 +467,33 @@ def test_threshold_exploration_learns_decisive_thresholds_and_writes_them(tmp_pa
     assert policy.thresholds.presence_for(Degradation.HAZE) == base.thresholds.presence_for(Degradation.HAZE)
 
 
+def test_tolerance_exploration_counts_untouched_mixtures_as_unchanged_and_writes_the_tolerance(tmp_path):
+    from agent.planning.explore_order import learn_thresholds, tolerance_margins, tolerance_policy, write_policy
+    from policies import load_policy
+
+    base = load_policy("default")
+    relaxed = tolerance_policy(base, Degradation.HAZE, 0.1)
+    assert relaxed.thresholds.iqa_tolerance_by_target[Degradation.HAZE] == 0.1
+    assert base.thresholds.iqa_tolerance_by_target[Degradation.HAZE] == 0.02
+    assert relaxed.thresholds.iqa_tolerance_by_target[Degradation.NOISE] == 0.35
+
+    def run(item: str, degradation: str, tolerance: float | None, psnr: float) -> dict[str, Any]:
+        return {"item": item, "degradation": degradation, "tolerance": tolerance, "psnr": psnr}
+
+    # Only m0 and m1 attempted a dehazing step, so only they were rerun with other haze tolerances.
+    runs = [run(f"m{i}", "policy", None, 20.0) for i in range(4)]
+    runs += [run("m0", "haze", 0.1, 24.0), run("m1", "haze", 0.1, 19.9)]
+    runs += [run("m0", "haze", 0.35, 24.0), run("m1", "haze", 0.35, 15.0)]
+    margins = tolerance_margins(runs)
+    assert margins["haze"][0.1] == {"m0": 4.0, "m1": pytest.approx(-0.1), "m2": 0.0, "m3": 0.0}
+    assert learn_thresholds(margins, min_margin=0.05) == {"haze": 0.1}  # 0.35: mean -0.25 dB
+    path = write_policy("default", {}, tmp_path / "explored.yaml", ["header"], tolerances={"haze": 0.1})
+    policy = load_policy(path)
+    assert policy.thresholds.iqa_tolerance_by_target[Degradation.HAZE] == 0.1
+    assert policy.thresholds.iqa_tolerance_by_target[Degradation.NOISE] == 0.35
+    assert "NR-IQA tolerances" in policy.description
+
+
 def test_parallel_exploration_keeps_the_job_order(monkeypatch):
     from agent.planning import explore_order
 

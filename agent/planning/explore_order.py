@@ -19,6 +19,13 @@ mixture with that option tried first. An option's score for a degradation is its
 the mean of all options on the same mixture; an option goes ahead of the policy's first choice only
 when it beat it by at least ``--min-margin`` dB on average and on most mixtures (all options stay, as
 fallbacks when the verifier rejects the first).
+
+The third phase (``thresholds``) reruns every mixture with one degradation's presence threshold moved to
+each value of a grid; the fourth (``tolerances``) does the same for the verifier's no-reference quality
+tolerance per step target, rerunning only the mixtures whose run attempted a step for that target (the
+others cannot change). A value is taken when it raised the mean PSNR over all mixtures by at least
+``--min-margin`` dB and improved at least as many mixtures as it worsened. ``--workers N`` runs the
+agent in N forked processes in every phase.
 """
 
 from __future__ import annotations
@@ -272,6 +279,7 @@ def _restore_jobs(jobs: list[tuple[int, dict[str, Any], Any, Any]], desc: str) -
                 "psnr": round(psnr(restored, item["clean"]), 3),
                 "psnr_input": input_psnr[index],
                 "accepted": [(s["target"], s["tool"]) for s in result.trace.get("accepted", [])],
+                "attempted": sorted({a["target"] for a in result.trace.get("attempts", [])}),
                 "tool_calls": result.trace.get("tool_calls", 0),
             }
             out.append((record, result))
@@ -322,6 +330,78 @@ def explore_thresholds(
 
 def _variant_policy(base: Any, name: str, value: float | None) -> Any:
     return base if value is None else threshold_policy(base, Degradation(name), value)
+
+
+#: No-reference quality tolerances tried per step target by the tolerance phase (besides the policy's own).
+TOLERANCE_GRID = (0.02, 0.05, 0.1, 0.2, 0.35)
+
+
+def tolerance_policy(policy: Any, degradation: Degradation, value: float) -> Any:
+    """A copy of ``policy`` whose verifier tolerates a ``value`` fall in NR-IQA for steps targeting ``degradation``."""
+    by_target = {**policy.thresholds.iqa_tolerance_by_target, degradation: value}
+    thresholds = policy.thresholds.model_copy(update={"iqa_tolerance_by_target": by_target})
+    return policy.model_copy(update={"thresholds": thresholds})
+
+
+def _tolerance_variant(base: Any, name: str, value: float | None) -> Any:
+    return base if value is None else tolerance_policy(base, Degradation(name), value)
+
+
+def explore_tolerances(
+    shared: Path,
+    policy_name: str,
+    per_combo: int,
+    seed: int,
+    limit: int | None = None,
+    grid: tuple[float, ...] = TOLERANCE_GRID,
+    workers: int = 1,
+) -> list[dict]:
+    """Run the agent with the policy's verifier, then per (target, other NR-IQA tolerance) where it matters.
+
+    A step target's tolerance only changes runs that attempted a step for that target, so each variant
+    reruns just the mixtures whose run with the policy's own tolerances did; the others are unchanged
+    (margin 0) by construction.
+    """
+    from evals.bench_agent import build_set
+    from policies import load_policy
+
+    base = load_policy(policy_name)
+    items = build_set(shared, per_combo, seed, split_name="calibration")[:limit]
+    base_jobs = [
+        (index, item, ("policy", None), functools.partial(_tolerance_variant, base, "policy", None))
+        for index, item in enumerate(items)
+    ]
+    base_records = [record for record, _ in _restore_jobs_parallel(base_jobs, "explore tolerances", workers)]
+    jobs: list[tuple[int, dict[str, Any], Any, Any]] = []
+    for degradation in Degradation:
+        current = base.thresholds.iqa_tolerance_by_target.get(degradation, base.thresholds.iqa_tolerance)
+        for value in grid:
+            if abs(value - current) < 1e-9:
+                continue
+            make = functools.partial(_tolerance_variant, base, degradation.value, value)
+            jobs += [
+                (index, item, (degradation.value, value), make)
+                for (index, item, _, _), record in zip(base_jobs, base_records, strict=True)
+                if degradation.value in record["attempted"]
+            ]
+    results = _restore_jobs_parallel(jobs, "explore tolerances", workers)
+    return [{**record, "degradation": "policy", "tolerance": None} for record in base_records] + [
+        {**record, "degradation": job[2][0], "tolerance": job[2][1]}
+        for job, (record, _) in zip(jobs, results, strict=True)
+    ]
+
+
+def tolerance_margins(runs: list[dict[str, Any]]) -> dict[str, dict[float, dict[str, float]]]:
+    """Per target and tolerance, the per-mixture PSNR margin over the policy's tolerances (0 where not rerun)."""
+    base = {r["item"]: r["psnr"] for r in runs if r["tolerance"] is None}
+    margins: dict[str, dict[float, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+    for run in runs:
+        if run["tolerance"] is not None and run["item"] in base:
+            margins[run["degradation"]][run["tolerance"]][run["item"]] = run["psnr"] - base[run["item"]]
+    return {
+        d: {value: {item: per_item.get(item, 0.0) for item in base} for value, per_item in per_value.items()}
+        for d, per_value in margins.items()
+    }
 
 
 def threshold_margins(runs: list[dict[str, Any]]) -> dict[str, dict[float, dict[str, float]]]:
@@ -387,7 +467,9 @@ def _restore_jobs_parallel(
     return ordered
 
 
-def explore(shared: Path, policy_name: str, per_combo: int, seed: int, limit: int | None = None) -> list[dict]:
+def explore(
+    shared: Path, policy_name: str, per_combo: int, seed: int, limit: int | None = None, workers: int = 1
+) -> list[dict]:
     """Run the agent on every ordering of every mixture's degradations; return one record per run."""
     from evals.bench_agent import build_set
     from policies import load_policy
@@ -402,11 +484,13 @@ def explore(shared: Path, policy_name: str, per_combo: int, seed: int, limit: in
             jobs.append((index, item, key, lambda order=list(order): ordering_policy(base, order)))
     return [
         {**record, "order": list(job[2])}
-        for job, (record, _) in zip(jobs, _restore_jobs(jobs, "explore orders"), strict=True)
+        for job, (record, _) in zip(jobs, _restore_jobs_parallel(jobs, "explore orders", workers), strict=True)
     ]
 
 
-def explore_tools(shared: Path, policy_name: str, per_combo: int, seed: int, limit: int | None = None) -> list[dict]:
+def explore_tools(
+    shared: Path, policy_name: str, per_combo: int, seed: int, limit: int | None = None, workers: int = 1
+) -> list[dict]:
     """Run the agent once per (mixture, true degradation, option) with that option tried first."""
     from evals.bench_agent import build_set
     from policies import load_policy
@@ -432,7 +516,7 @@ def explore_tools(shared: Path, policy_name: str, per_combo: int, seed: int, lim
                     )
                 )
     runs = []
-    for job, (record, result) in zip(jobs, _restore_jobs(jobs, "explore tools"), strict=True):
+    for job, (record, result) in zip(jobs, _restore_jobs_parallel(jobs, "explore tools", workers), strict=True):
         degradation = job[2][0]
         estimate = result.trace.get("input_report", {}).get("estimates", {}).get(degradation, {})
         runs.append(
@@ -453,8 +537,9 @@ def write_policy(
     header: list[str],
     candidates: dict[Degradation, list[Any]] | None = None,
     thresholds: dict[str, float] | None = None,
+    tolerances: dict[str, float] | None = None,
 ) -> Path:
-    """Write the base policy with ``order_pairwise`` (and learned candidates and presence thresholds) set.
+    """Write the base policy with ``order_pairwise`` (and learned candidates, presence thresholds, tolerances) set.
 
     The result is YAML with a provenance header.
     """
@@ -467,6 +552,7 @@ def write_policy(
         "mixtures"
         + (" and candidate tools ranked by exploring each one first" if candidates else "")
         + (" and presence thresholds chosen by exploring each value" if thresholds else "")
+        + (" and verifier NR-IQA tolerances chosen by exploring each value" if tolerances else "")
         + " (python -m agent.planning.explore_order)."
     )
     data["order_pairwise"] = prior
@@ -479,6 +565,11 @@ def write_policy(
         data["thresholds"]["presence_threshold_by_type"] = {
             **data["thresholds"].get("presence_threshold_by_type", {}),
             **thresholds,
+        }
+    if tolerances:
+        data["thresholds"]["iqa_tolerance_by_target"] = {
+            **data["thresholds"].get("iqa_tolerance_by_target", {}),
+            **tolerances,
         }
     for options in data["candidates"].values():  # leave the default severity range out: readable YAML
         for option in options:
@@ -516,11 +607,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--phases",
         nargs="+",
-        choices=("orders", "tools", "thresholds"),
-        default=["orders", "tools", "thresholds"],
+        choices=("orders", "tools", "thresholds", "tolerances"),
+        default=["orders", "tools", "thresholds", "tolerances"],
         help="what to explore",
     )
-    parser.add_argument("--workers", type=int, default=1, help="processes for the threshold phase (POSIX fork)")
+    parser.add_argument("--workers", type=int, default=1, help="processes running the agent (POSIX fork)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="policy YAML to write")
     parser.add_argument("--runs", type=Path, default=None, help="JSON record of every run (default: next to --out)")
     parser.add_argument(
@@ -550,15 +641,15 @@ def main(argv: list[str] | None = None) -> int:
             return list(previous[key])
         return run_phase(args.shared, args.policy, args.per_combo, args.seed, args.limit)
 
-    runs = phase_runs("orders", "runs", explore)
-    tool_runs = phase_runs("tools", "tool_runs", explore_tools)
-
-    def run_thresholds(shared: Path, policy: str, per_combo: int, seed: int, limit: int | None) -> list[dict]:
-        return explore_thresholds(shared, policy, per_combo, seed, limit, workers=args.workers)
-
-    threshold_runs = phase_runs("thresholds", "threshold_runs", run_thresholds)
+    parallel = functools.partial(functools.partial, workers=args.workers)
+    runs = phase_runs("orders", "runs", parallel(explore))
+    tool_runs = phase_runs("tools", "tool_runs", parallel(explore_tools))
+    threshold_runs = phase_runs("thresholds", "threshold_runs", parallel(explore_thresholds))
     per_threshold = threshold_margins(threshold_runs)
     thresholds = learn_thresholds(per_threshold, args.min_margin)
+    tolerance_runs = phase_runs("tolerances", "tolerance_runs", parallel(explore_tolerances))
+    per_tolerance = tolerance_margins(tolerance_runs)
+    tolerances = learn_thresholds(per_tolerance, args.min_margin)
     margins = pairwise_margins(runs)
     prior = learn_prior(margins, args.min_margin)
     scores = option_scores(tool_runs)
@@ -625,13 +716,31 @@ def main(argv: list[str] | None = None) -> int:
             ],
             "Learned presence thresholds: " + (", ".join(f"{d} {v:g}" for d, v in thresholds.items()) or "none"),
         ]
-    path = write_policy(args.policy, prior, args.out, header, candidates, thresholds)
+    if tolerance_runs:
+        header += [
+            f"Tolerances: {len({r['item'] for r in tolerance_runs})} mixtures, {len(tolerance_runs)} agent runs (the "
+            "policy's verifier, then, for each step target, each NR-IQA tolerance of the grid on the mixtures",
+            "whose run attempted that target). Mean PSNR-Y margin (dB) over the policy's tolerances, all mixtures",
+            f"counted (improved / worsened by > 0.01 dB); taken by the threshold rule (mean >= {args.min_margin} dB):",
+            *[
+                f"  {d}: "
+                + ", ".join(
+                    f"{value:g} {np.mean(list(v.values())):+.2f} "
+                    f"({sum(x > 0.01 for x in v.values())}/{sum(x < -0.01 for x in v.values())})"
+                    for value, v in sorted(per_value.items())
+                )
+                for d, per_value in sorted(per_tolerance.items())
+            ],
+            "Learned NR-IQA tolerances: " + (", ".join(f"{d} {v:g}" for d, v in tolerances.items()) or "none"),
+        ]
+    path = write_policy(args.policy, prior, args.out, header, candidates, thresholds, tolerances)
     record = {
         "settings": settings,
         "margins": {f"{a}>{b}": v for (a, b), v in margins.items()},
         "runs": runs,
         "tool_runs": tool_runs,
         "threshold_runs": threshold_runs,
+        "tolerance_runs": tolerance_runs,
     }
     runs_path.write_text(json.dumps(record))
     print("\n".join(header))
