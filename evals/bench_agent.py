@@ -54,6 +54,59 @@ def build_set(shared: Path, per_combo: int, seed: int, split_name: str = "evalua
     return items
 
 
+def _results(run: str | Path) -> list[dict[str, Any]]:
+    path = Path(run)
+    return json.loads((path / "results.json" if path.is_dir() else path).read_text())
+
+
+def compare_results(runs_a: list[str | Path], runs_b: list[str | Path], tie: float = 0.01) -> dict[str, Any]:
+    """Paired comparison of benchmark runs: B against A, image by image, pooled over the pairs of runs.
+
+    ``runs_a[i]`` and ``runs_b[i]`` (``results.json`` files or the folders holding them) must be the same
+    images (same seed, split and per-combo); images are matched by name within each pair.
+
+    Returns:
+        ``n``, the mean output PSNR gain of each side over the inputs, the mean and extremes of the
+        per-image difference B - A, how many images B made better / worse by more than ``tie`` dB, the
+        Wilcoxon signed-rank p-value of the differences, and each side's mean tool calls and median wall time.
+    """
+    from scipy.stats import wilcoxon
+
+    if len(runs_a) != len(runs_b) or not runs_a:
+        raise ValueError("give as many runs to compare against as runs to compare (paired by position)")
+    pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    for run_a, run_b in zip(runs_a, runs_b, strict=True):
+        by_stem = {row["stem"]: row for row in _results(run_b)}
+        for row in _results(run_a):
+            if row["stem"] not in by_stem:
+                raise ValueError(f"{run_b} has no image {row['stem']}: the runs were made on different sets")
+            if abs(row["psnr_in"] - by_stem[row["stem"]]["psnr_in"]) > 1e-6:
+                raise ValueError(f"{row['stem']} differs between {run_a} and {run_b}: not the same degraded image")
+            pairs.append((row, by_stem[row["stem"]]))
+    diff = np.array([b["psnr_out"] - a["psnr_out"] for a, b in pairs])
+    changed = np.abs(diff) > tie
+    p_value = float(wilcoxon(diff[changed]).pvalue) if changed.sum() >= 2 else 1.0
+
+    def side(rows: list[dict[str, Any]]) -> dict[str, float]:
+        return {
+            "gain": float(np.mean([r["psnr_out"] - r["psnr_in"] for r in rows])),
+            "tool_calls": float(np.mean([r["tool_calls"] for r in rows])),
+            "median_wall": float(np.median([r["wall"] for r in rows])),
+        }
+
+    return {
+        "n": len(pairs),
+        "a": side([a for a, _ in pairs]),
+        "b": side([b for _, b in pairs]),
+        "mean_difference": float(diff.mean()),
+        "better": int((diff > tie).sum()),
+        "worse": int((diff < -tie).sum()),
+        "largest_gain": float(diff.max()),
+        "largest_loss": float(diff.min()),
+        "p_value": p_value,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print its tables."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -83,7 +136,31 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--limit", type=int, default=None, help="only the first N images (smoke test)")
     parser.add_argument("--report", default=None, help="only print the tables of an earlier results.json")
+    parser.add_argument("--compare", nargs="+", default=None, metavar="RUN", help="runs A (results.json or folders)")
+    parser.add_argument("--against", nargs="+", default=None, metavar="RUN", help="runs B, paired with --compare")
     args = parser.parse_args(argv)
+    if args.compare or args.against:
+        try:
+            comparison = compare_results(args.compare or [], args.against or [])
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        a, b = comparison["a"], comparison["b"]
+        print(f"images                : {comparison['n']}")
+        print(
+            f"A gain / tool calls   : {a['gain']:+.2f} dB, {a['tool_calls']:.1f} calls, {a['median_wall']:.2f} s median"
+        )
+        print(
+            f"B gain / tool calls   : {b['gain']:+.2f} dB, {b['tool_calls']:.1f} calls, {b['median_wall']:.2f} s median"
+        )
+        print(
+            f"B - A                 : {comparison['mean_difference']:+.3f} dB mean, {comparison['better']} better, "
+            f"{comparison['worse']} worse (> 0.01 dB), "
+            f"from {comparison['largest_loss']:+.2f} to {comparison['largest_gain']:+.2f}"
+        )
+        print(f"Wilcoxon signed-rank  : p = {comparison['p_value']:.3g}")
+        print(json.dumps(comparison))
+        return 0
     if args.report:
         print_report(json.loads(Path(args.report).read_text()), args.policy)
         return 0

@@ -1,0 +1,47 @@
+"""The agent benchmark's paired comparison of two runs (no images needed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from evals.bench_agent import compare_results, main
+
+
+def _write(path, outputs: list[float], inputs: list[float] | None = None, calls: int = 2):
+    inputs = inputs or [20.0] * len(outputs)
+    rows = [
+        {"stem": f"{i:03d}_A1_img", "psnr_in": p_in, "psnr_out": p_out, "tool_calls": calls, "wall": 1.0 + i}
+        for i, (p_in, p_out) in enumerate(zip(inputs, outputs, strict=True))
+    ]
+    path.mkdir(parents=True)
+    (path / "results.json").write_text(json.dumps(rows))
+    return path
+
+
+def test_compare_pools_pairs_of_runs_and_counts_changed_images(tmp_path, capsys):
+    a1 = _write(tmp_path / "a1", [21.0, 22.0, 23.0, 24.0])
+    b1 = _write(tmp_path / "b1", [21.5, 22.0, 23.5, 23.0], calls=3)
+    a2 = _write(tmp_path / "a2", [20.0, 20.0])
+    b2 = _write(tmp_path / "b2", [20.5, 20.005])
+    result = compare_results([a1, a2 / "results.json"], [b1, b2])
+    assert result["n"] == 6
+    assert result["mean_difference"] == pytest.approx((0.5 + 0 + 0.5 - 1.0 + 0.5 + 0.005) / 6)
+    assert (result["better"], result["worse"]) == (3, 1)  # the 0.005 dB change is a tie
+    assert result["largest_loss"] == pytest.approx(-1.0) and result["largest_gain"] == pytest.approx(0.5)
+    assert 0.0 < result["p_value"] <= 1.0
+    assert result["a"]["tool_calls"] == 2 and result["b"]["tool_calls"] == pytest.approx((4 * 3 + 2 * 2) / 6)
+    assert main(["--compare", str(a1), "--against", str(b1)]) == 0
+    assert "Wilcoxon" in capsys.readouterr().out
+
+
+def test_compare_refuses_runs_made_on_different_images(tmp_path, capsys):
+    a = _write(tmp_path / "a", [21.0, 22.0])
+    other = _write(tmp_path / "other", [21.0, 22.0], inputs=[19.0, 20.0])
+    with pytest.raises(ValueError, match="not the same degraded image"):
+        compare_results([a], [other])
+    with pytest.raises(ValueError, match="paired by position"):
+        compare_results([a], [])
+    assert main(["--compare", str(a), "--against", str(other)]) == 2
+    assert "not the same degraded image" in capsys.readouterr().err
