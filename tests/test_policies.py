@@ -27,6 +27,7 @@ EXPECTED_TOOLS: dict[str, tuple[Degradation, ...]] = {
     "white_balance": (Degradation.COLOR_CAST,),
     "underwater_color": (Degradation.COLOR_CAST, Degradation.HAZE),
     "nafnet_derain": (Degradation.RAIN,),
+    "nafnet_upscale": (Degradation.LOW_RESOLUTION,),
 }
 
 
