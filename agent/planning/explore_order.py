@@ -580,6 +580,19 @@ def write_policy(
     return write_policy_file(data, out, [f"# {line}" for line in header])
 
 
+def grid_lines(margins: dict[str, dict[float, dict[str, float]]]) -> list[str]:
+    """One provenance line per degradation: each explored value's mean margin and mixtures improved/worsened."""
+    return [
+        f"  {d}: "
+        + ", ".join(
+            f"{value:g} {np.mean(list(v.values())):+.2f} "
+            f"({sum(x > 0.01 for x in v.values())}/{sum(x < -0.01 for x in v.values())})"
+            for value, v in sorted(per_value.items())
+        )
+        for d, per_value in sorted(margins.items())
+    ]
+
+
 def write_policy_file(data: dict[str, Any], out: Path, comments: list[str]) -> Path:
     """Validate a policy mapping and write it atomically as YAML under ``comments`` (lines starting with ``#``)."""
     import yaml
@@ -705,15 +718,7 @@ def main(argv: list[str] | None = None) -> int:
             "policy's presence thresholds, then each degradation's at each value of the grid). Mean PSNR-Y margin",
             "(dB) over the policy's thresholds (mixtures improved / worsened by > 0.01 dB); a value is taken when its",
             f"mean is >= {args.min_margin} dB, the best, and it improved at least as many mixtures as it worsened:",
-            *[
-                f"  {d}: "
-                + ", ".join(
-                    f"{value:g} {np.mean(list(v.values())):+.2f} "
-                    f"({sum(x > 0.01 for x in v.values())}/{sum(x < -0.01 for x in v.values())})"
-                    for value, v in sorted(per_value.items())
-                )
-                for d, per_value in sorted(per_threshold.items())
-            ],
+            *grid_lines(per_threshold),
             "Learned presence thresholds: " + (", ".join(f"{d} {v:g}" for d, v in thresholds.items()) or "none"),
         ]
     if tolerance_runs:
@@ -722,15 +727,7 @@ def main(argv: list[str] | None = None) -> int:
             "policy's verifier, then, for each step target, each NR-IQA tolerance of the grid on the mixtures",
             "whose run attempted that target). Mean PSNR-Y margin (dB) over the policy's tolerances, all mixtures",
             f"counted (improved / worsened by > 0.01 dB); taken by the threshold rule (mean >= {args.min_margin} dB):",
-            *[
-                f"  {d}: "
-                + ", ".join(
-                    f"{value:g} {np.mean(list(v.values())):+.2f} "
-                    f"({sum(x > 0.01 for x in v.values())}/{sum(x < -0.01 for x in v.values())})"
-                    for value, v in sorted(per_value.items())
-                )
-                for d, per_value in sorted(per_tolerance.items())
-            ],
+            *grid_lines(per_tolerance),
             "Learned NR-IQA tolerances: " + (", ".join(f"{d} {v:g}" for d, v in tolerances.items()) or "none"),
         ]
     path = write_policy(args.policy, prior, args.out, header, candidates, thresholds, tolerances)
