@@ -242,3 +242,9 @@ def test_time_budget_with_synthesis_workers_stops_and_records_the_steps(tmp_path
     command = reproduce_command("jpeg", training, record["model"])
     assert "--workers 1" in command and "--time-budget 3" in command and "--crop 24" in command
     assert "over a 3 s time budget" in (out / "MODEL_CARD.md").read_text()
+
+    settings.time_budget_s = 4.0  # resumed with a longer budget: the schedule records the change
+    resumed = train(settings, shared, out, resume=True, progress=False, checkpoint_dir=tmp_path / "ck")
+    assert resumed["training"]["schedule"][-1] == {"from_step": training["steps_done"], "time_budget_s": 4.0}
+    assert resumed["training"]["steps_done"] > training["steps_done"]
+    assert "towards a 4 s time budget" in (out / "MODEL_CARD.md").read_text()

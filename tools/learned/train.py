@@ -389,7 +389,11 @@ def write_model_card(out: Path, record: dict[str, Any], evaluation: str | None =
         f"- Reproduce: `{reproduce_command(task.name, training, record['model'])}`.",
     ]
     if len(training.get("schedule", [])) > 1:
-        changes = "; ".join(f"from step {c['from_step']} towards {c['steps']}" for c in training["schedule"])
+        changes = "; ".join(
+            f"from step {c['from_step']} towards "
+            + (f"a {c['time_budget_s']:g} s time budget" if "time_budget_s" in c else f"{c['steps']}")
+            for c in training["schedule"]
+        )
         lines.append(f"- Resumed with a re-targeted cosine schedule ({changes}); reproduce with the same resumes.")
     if training.get("note"):
         lines.append(f"- Note: {training['note']}")
