@@ -238,7 +238,8 @@ def test_time_budget_with_synthesis_workers_stops_and_records_the_steps(tmp_path
     assert 0 < training["steps_done"] < 10_000 and training["seconds"] >= 3.0
     assert training["schedule"] == [{"from_step": 0, "time_budget_s": 3.0}]
     assert record["history"][-1]["step"] == training["steps_done"]  # validated when the budget ran out
-    assert cosine_lr(settings, 0.0) == settings.lr and cosine_lr(settings, 1.0) == settings.min_lr
+    assert cosine_lr(settings.lr, settings.min_lr, 0.0) == settings.lr
+    assert cosine_lr(settings.lr, settings.min_lr, 1.0) == settings.min_lr
     command = reproduce_command("jpeg", training, record["model"])
     assert "--workers 1" in command and "--time-budget 3" in command and "--crop 24" in command
     assert "over a 3 s time budget" in (out / "MODEL_CARD.md").read_text()

@@ -28,9 +28,6 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-#: Resizing settings written into the random folder's preprocessing config (with OpenAI's mean and std).
-_PREPROCESS_DEFAULTS = {"interpolation": "bicubic", "resize_mode": "shortest"}
-
 
 def write_random_folder(arch: str, folder: Path, seed: int = 0) -> Path:
     """Write ``arch`` (an open_clip model name) with random weights in open_clip's local-folder layout.
@@ -54,7 +51,8 @@ def write_random_folder(arch: str, folder: Path, seed: int = 0) -> Path:
     preprocess = {
         "mean": list(open_clip.OPENAI_DATASET_MEAN),
         "std": list(open_clip.OPENAI_DATASET_STD),
-        **_PREPROCESS_DEFAULTS,
+        "interpolation": "bicubic",
+        "resize_mode": "shortest",
     }
     config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess}
     (folder / OPEN_CLIP_CONFIG_FILE).write_text(json.dumps(config, indent=2))
@@ -65,6 +63,7 @@ def write_random_folder(arch: str, folder: Path, seed: int = 0) -> Path:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Fine-tune for ``args.epochs`` epochs and return the timing record."""
     from agent.perception import saclip_train
+    from agent.perception.saclip import SETTINGS_FILE
 
     work = Path(args.work or tempfile.mkdtemp(prefix="restora-finetune-"))
     started = time.perf_counter()
@@ -91,7 +90,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.device:
         train_args.append(f"--device={args.device}")
     saclip_train.main(train_args)
-    training = json.loads((out / "saclip.json").read_text())["training"]
+    training = json.loads((out / SETTINGS_FILE).read_text())["training"]
     seconds = float(training["seconds"])
     return {
         "backend": backend if args.backend else f"{args.arch} (random weights)",

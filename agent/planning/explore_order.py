@@ -290,11 +290,15 @@ def _restore_jobs(jobs: list[tuple[int, dict[str, Any], Any, Any]], desc: str) -
 THRESHOLD_GRID = (0.1, 0.2, 0.3, 0.4)
 
 
+def _with_per_type_threshold(policy: Any, field: str, degradation: Degradation, value: float) -> Any:
+    """A copy of ``policy`` whose per-type mapping ``thresholds.<field>`` sets ``degradation`` to ``value``."""
+    per_type = {**getattr(policy.thresholds, field), degradation: value}
+    return policy.model_copy(update={"thresholds": policy.thresholds.model_copy(update={field: per_type})})
+
+
 def threshold_policy(policy: Any, degradation: Degradation, value: float) -> Any:
     """A copy of ``policy`` that plans (and verifies) ``degradation`` from presence probability ``value``."""
-    by_type = {**policy.thresholds.presence_threshold_by_type, degradation: value}
-    thresholds = policy.thresholds.model_copy(update={"presence_threshold_by_type": by_type})
-    return policy.model_copy(update={"thresholds": thresholds})
+    return _with_per_type_threshold(policy, "presence_threshold_by_type", degradation, value)
 
 
 def explore_thresholds(
@@ -338,9 +342,7 @@ TOLERANCE_GRID = (0.02, 0.05, 0.1, 0.2, 0.35)
 
 def tolerance_policy(policy: Any, degradation: Degradation, value: float) -> Any:
     """A copy of ``policy`` whose verifier tolerates a ``value`` fall in NR-IQA for steps targeting ``degradation``."""
-    by_target = {**policy.thresholds.iqa_tolerance_by_target, degradation: value}
-    thresholds = policy.thresholds.model_copy(update={"iqa_tolerance_by_target": by_target})
-    return policy.model_copy(update={"thresholds": thresholds})
+    return _with_per_type_threshold(policy, "iqa_tolerance_by_target", degradation, value)
 
 
 def _tolerance_variant(base: Any, name: str, value: float | None) -> Any:
@@ -393,24 +395,25 @@ def explore_tolerances(
 
 def tolerance_margins(runs: list[dict[str, Any]]) -> dict[str, dict[float, dict[str, float]]]:
     """Per target and tolerance, the per-mixture PSNR margin over the policy's tolerances (0 where not rerun)."""
-    base = {r["item"]: r["psnr"] for r in runs if r["tolerance"] is None}
-    margins: dict[str, dict[float, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
-    for run in runs:
-        if run["tolerance"] is not None and run["item"] in base:
-            margins[run["degradation"]][run["tolerance"]][run["item"]] = run["psnr"] - base[run["item"]]
+    base_items = [r["item"] for r in runs if r["tolerance"] is None]
     return {
-        d: {value: {item: per_item.get(item, 0.0) for item in base} for value, per_item in per_value.items()}
-        for d, per_value in margins.items()
+        d: {value: {item: per_item.get(item, 0.0) for item in base_items} for value, per_item in per_value.items()}
+        for d, per_value in _variant_margins(runs, "tolerance").items()
     }
 
 
 def threshold_margins(runs: list[dict[str, Any]]) -> dict[str, dict[float, dict[str, float]]]:
     """Per degradation and threshold value, the per-mixture PSNR margin over the policy's own thresholds."""
-    base = {r["item"]: r["psnr"] for r in runs if r["threshold"] is None}
+    return _variant_margins(runs, "threshold")
+
+
+def _variant_margins(runs: list[dict[str, Any]], key: str) -> dict[str, dict[float, dict[str, float]]]:
+    """Per degradation and value of ``run[key]``, each rerun mixture's PSNR minus its run with ``key`` None."""
+    base = {r["item"]: r["psnr"] for r in runs if r[key] is None}
     margins: dict[str, dict[float, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
     for run in runs:
-        if run["threshold"] is not None and run["item"] in base:
-            margins[run["degradation"]][run["threshold"]][run["item"]] = run["psnr"] - base[run["item"]]
+        if run[key] is not None and run["item"] in base:
+            margins[run["degradation"]][run[key]][run["item"]] = run["psnr"] - base[run["item"]]
     return {d: dict(per_value) for d, per_value in margins.items()}
 
 

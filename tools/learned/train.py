@@ -93,6 +93,8 @@ def batch_stream(task: Task, images: list[np.ndarray], settings: TrainSettings, 
     Worker ``i`` draws from ``np.random.default_rng([seed, start_step, i])``, so a run is reproducible
     for a given worker count and the same resume points.
     """
+    import multiprocessing
+
     import torch
     from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -103,8 +105,6 @@ def batch_stream(task: Task, images: list[np.ndarray], settings: TrainSettings, 
             while True:
                 degraded, clean = make_batch(task, images, settings.batch_size, settings.crop, rng)
                 yield torch.from_numpy(degraded), torch.from_numpy(clean)
-
-    import multiprocessing
 
     loader = DataLoader(
         _Batches(),
@@ -119,10 +119,10 @@ def batch_stream(task: Task, images: list[np.ndarray], settings: TrainSettings, 
     return iter(loader)
 
 
-def cosine_lr(settings: TrainSettings, fraction: float) -> float:
-    """The cosine schedule's learning rate after ``fraction`` (0-1) of training."""
+def cosine_lr(base_lr: float, min_lr: float, fraction: float) -> float:
+    """The cosine schedule's learning rate after ``fraction`` (0-1) of training, from ``base_lr`` to ``min_lr``."""
     fraction = min(max(fraction, 0.0), 1.0)
-    return settings.min_lr + (settings.lr - settings.min_lr) * (1 + math.cos(math.pi * fraction)) / 2
+    return min_lr + (base_lr - min_lr) * (1 + math.cos(math.pi * fraction)) / 2
 
 
 def loss_fn(name: str):
@@ -274,10 +274,7 @@ def train(
             schedule.append({"from_step": step, "steps": settings.steps})
             for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
                 # The scheduler's recursive update only scales the current lr; set the closed form instead.
-                progress_fraction = min(step / settings.steps, 1.0)
-                group["lr"] = (
-                    settings.min_lr + (base_lr - settings.min_lr) * (1 + math.cos(math.pi * progress_fraction)) / 2
-                )
+                group["lr"] = cosine_lr(float(base_lr), settings.min_lr, step / settings.steps)
         logger.info("resumed %s at step %d", settings.task, step)
 
     def checkpoint() -> None:
@@ -320,7 +317,7 @@ def train(
         degraded_t = degraded_t.to(device, non_blocking=True)
         clean_t = clean_t.to(device, non_blocking=True)
         if budget is not None:  # the cosine schedule follows the share of the time budget spent
-            lr = cosine_lr(settings, (seconds_before + time.perf_counter() - started) / budget)
+            lr = cosine_lr(settings.lr, settings.min_lr, (seconds_before + time.perf_counter() - started) / budget)
             for group in optimizer.param_groups:
                 group["lr"] = lr
         loss = criterion(model(degraded_t), clean_t)
