@@ -26,9 +26,15 @@ def _one_torch_thread():
 
 @pytest.fixture(autouse=True, scope="module")
 def _restore_registry():
-    """Importing the learned tools registers them; keep the process-wide registry as other test files expect it."""
+    """Importing the learned tools registers them; keep the process-wide registry as other test files expect it.
+
+    The snapshot is taken after :func:`tools.default_registry`: the classical tools register on first import
+    only, so a snapshot taken before it would drop them for every later test file.
+    """
+    from tools import default_registry
     from tools.base import REGISTRY
 
+    default_registry()
     classes, instances = dict(REGISTRY._classes), dict(REGISTRY._instances)
     yield
     REGISTRY._classes.clear()
