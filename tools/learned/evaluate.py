@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from tools.learned.tasks import TASKS, get_task, oracle_report, weights_dir
+from tools.learned.tasks import ALL_TASKS, SINGLE_TASKS, MixtureTask, Task, get_task, oracle_report, weights_dir
 
 logger = logging.getLogger(__name__)
 
@@ -35,53 +35,31 @@ def evaluate(
 ) -> dict[str, Any]:
     """Mean PSNR per band of the input, each classical tool and the learned model.
 
+    A single-degradation task is scored on its own bands. The all-in-one task is scored on each degradation
+    it restores alone, with that degradation's bands and classical rivals (:data:`SINGLE_TASKS`); its band
+    labels are prefixed with the degradation (``"noise: sigma 0-15"``).
+
     Returns:
         ``{"bands": {label: {"input": dB, "<tool>": dB, ..., "learned": dB, "best_classical": name}},
         "images": n, "crop": crop, "seconds_learned": mean seconds per image}``.
     """
     from agent.perception.assessor import EstimatorAssessor
-    from evals.metrics import psnr
     from evals.synthesis import clean_split, load_clean_images
-    from tools import default_registry
     from tools.learned.restorers import RESTORERS
 
     task = get_task(task_name)
-    registry = default_registry()
-    assessor = EstimatorAssessor()
-    classical = [registry.get(name) for name in task.classical_tools]
+    judges = [SINGLE_TASKS[d] for d in task.restores] if isinstance(task, MixtureTask) else [task]
     learned = RESTORERS[task_name](weights=weights)
     images = load_clean_images(clean_split(shared)["evaluation"], limit=limit, crop=crop, seed=seed)
+    assessor = EstimatorAssessor()
     bands: dict[str, dict[str, Any]] = {}
-    learned_seconds = []
-    for band_index, band in enumerate(task.bands):
-        scores: dict[str, list[float]] = {"input": [], "learned": []}
-        for tool in classical:
-            scores[tool.spec.name] = []
-            scores[f"{tool.spec.name} (oracle)"] = []
-        for image_index, (_, clean) in enumerate(images):
-            rng = np.random.default_rng([seed, band_index, image_index])
-            degraded, applied = task.degrade_band(clean, rng, band)
-            scores["input"].append(psnr(degraded, clean))
-            oracle = oracle_report(task.degradation, applied)
-            estimated = assessor.assess(degraded)
-            for tool in classical:
-                result = tool(degraded, tool.suggest(estimated, task.degradation))
-                scores[tool.spec.name].append(psnr(result.image, clean))
-                result = tool(degraded, tool.suggest(oracle, task.degradation))
-                scores[f"{tool.spec.name} (oracle)"].append(psnr(result.image, clean))
-            result = learned(degraded)
-            learned_seconds.append(result.seconds)
-            scores["learned"].append(psnr(result.image, clean))
-        means = {name: float(np.mean(values)) for name, values in scores.items()}
-        best = max((t.spec.name for t in classical), key=lambda name: means[name])
-        best_oracle = max((f"{t.spec.name} (oracle)" for t in classical), key=lambda name: means[name])
-        bands[band.label] = means | {
-            "best_classical": best,
-            "gain_over_classical": means["learned"] - means[best],
-            "best_classical_oracle": best_oracle,
-            "gain_over_classical_oracle": means["learned"] - means[best_oracle],
-        }
-        logger.info("%s %s: %s", task_name, band.label, {k: v for k, v in bands[band.label].items()})
+    learned_seconds: list[float] = []
+    for judge in judges:
+        prefix = f"{judge.degradation.value}: " if isinstance(task, MixtureTask) else ""
+        for band_index, band in enumerate(judge.bands):
+            label = prefix + band.label
+            bands[label] = _score_band(judge, band_index, images, learned, assessor, seed, learned_seconds)
+            logger.info("%s %s: %s", task_name, label, bands[label])
     return {
         "task": task_name,
         "images": len(images),
@@ -89,6 +67,51 @@ def evaluate(
         "seed": seed,
         "bands": bands,
         "seconds_learned": float(np.mean(learned_seconds)),
+    }
+
+
+def _score_band(
+    judge: Task,
+    band_index: int,
+    images: list[tuple[str, np.ndarray]],
+    learned: Any,
+    assessor: Any,
+    seed: int,
+    learned_seconds: list[float],
+) -> dict[str, Any]:
+    """One band of ``judge``: mean PSNR-Y of the input, each classical rival (estimated and oracle) and ``learned``."""
+    from evals.metrics import psnr
+    from tools import default_registry
+
+    registry = default_registry()
+    classical = [registry.get(name) for name in judge.classical_tools]
+    band = judge.bands[band_index]
+    scores: dict[str, list[float]] = {"input": [], "learned": []}
+    for tool in classical:
+        scores[tool.spec.name] = []
+        scores[f"{tool.spec.name} (oracle)"] = []
+    for image_index, (_, clean) in enumerate(images):
+        rng = np.random.default_rng([seed, band_index, image_index])
+        degraded, applied = judge.degrade_band(clean, rng, band)
+        scores["input"].append(psnr(degraded, clean))
+        oracle = oracle_report(judge.degradation, applied)
+        estimated = assessor.assess(degraded)
+        for tool in classical:
+            result = tool(degraded, tool.suggest(estimated, judge.degradation))
+            scores[tool.spec.name].append(psnr(result.image, clean))
+            result = tool(degraded, tool.suggest(oracle, judge.degradation))
+            scores[f"{tool.spec.name} (oracle)"].append(psnr(result.image, clean))
+        result = learned(degraded)
+        learned_seconds.append(result.seconds)
+        scores["learned"].append(psnr(result.image, clean))
+    means = {name: float(np.mean(values)) for name, values in scores.items()}
+    best = max((t.spec.name for t in classical), key=lambda name: means[name])
+    best_oracle = max((f"{t.spec.name} (oracle)" for t in classical), key=lambda name: means[name])
+    return means | {
+        "best_classical": best,
+        "gain_over_classical": means["learned"] - means[best],
+        "best_classical_oracle": best_oracle,
+        "gain_over_classical_oracle": means["learned"] - means[best_oracle],
     }
 
 
@@ -136,7 +159,7 @@ def evaluate_and_record(
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point: prints the table; ``--write-card`` also records it next to the weights."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", required=True, choices=sorted(TASKS))
+    parser.add_argument("--task", required=True, choices=sorted(ALL_TASKS))
     parser.add_argument("--weights", type=Path, default=None, help="weights folder (default: the task's)")
     parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
     parser.add_argument("--limit", type=int, default=None, help="first N evaluation images only")

@@ -91,7 +91,7 @@ def _spec(task_name: str, description: str) -> ToolSpec:
     return ToolSpec(
         name=f"nafnet_{task_name}",
         description=description,
-        restores=(task.degradation,),
+        restores=task.restores,
         params=(STRENGTH, TILE),
         device="any",
         family="learned",
@@ -179,6 +179,19 @@ class NAFNetUpscale(LearnedRestorer):
     )
 
 
+@register_tool
+class NAFNetAllInOne(LearnedRestorer):
+    """All-in-one restorer for mixtures of up to three degradations."""
+
+    task = "all_in_one"
+    spec = _spec(
+        "all_in_one",
+        "Removes any mix of up to three of noise, motion and defocus blur, JPEG artifacts, low resolution (same "
+        "size in and out), haze, rain and low light in one blind pass with a NAFNet trained here on synthetic "
+        "mixtures; ~1 s per 512x512.",
+    )
+
+
 #: Tool class per task name.
 RESTORERS: dict[str, type[LearnedRestorer]] = {
     cls.task: cls
@@ -190,12 +203,14 @@ RESTORERS: dict[str, type[LearnedRestorer]] = {
         NAFNetMotionDeblur,
         NAFNetDefocusDeblur,
         NAFNetUpscale,
+        NAFNetAllInOne,
     )
 }
 
 __all__ = [
     "RESTORERS",
     "LearnedRestorer",
+    "NAFNetAllInOne",
     "NAFNetDefocusDeblur",
     "NAFNetDenoise",
     "NAFNetDerain",

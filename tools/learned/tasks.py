@@ -48,6 +48,11 @@ class Task:
     bands: tuple[Band, ...]
     classical_tools: tuple[str, ...]
 
+    @property
+    def restores(self) -> tuple[Degradation, ...]:
+        """The degradations the task's model removes (its tool declares them)."""
+        return (self.degradation,)
+
     def sample(self, clean: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
         """Degrade ``clean`` with a training draw over the task's whole range."""
         return self.degrade(clean, rng, self.bands[0].low, self.bands[-1].high)
@@ -148,15 +153,100 @@ TASKS: dict[str, Task] = {
 }
 
 
-def get_task(name: str) -> Task:
+#: The degradations of AgenticIR's MiO100 mixtures, which the all-in-one model learns to remove together.
+ALL_IN_ONE_TYPES: tuple[Degradation, ...] = (
+    Degradation.NOISE,
+    Degradation.MOTION_BLUR,
+    Degradation.DEFOCUS_BLUR,
+    Degradation.JPEG,
+    Degradation.LOW_RESOLUTION,
+    Degradation.HAZE,
+    Degradation.RAIN,
+    Degradation.LOW_LIGHT,
+)
+
+
+@dataclass(frozen=True)
+class MixtureTask:
+    """An all-in-one task: one blind model for any mixture of up to three of ``types``.
+
+    Training draws the number of degradations (1, 2 or 3 with ``size_weights``), distinct types among
+    ``types`` and, per sample, the synthesis preset (``"default"``: wide ranges with mild settings, or
+    ``"mio100"``: AgenticIR's ranges), each degradation at a random severity; :func:`evals.synthesis.synthesize`
+    applies them in physical order. Its held-out evaluation is per degradation against that degradation's
+    classical tools (:data:`SINGLE_TASKS`) and, on mixtures, through the agent benchmark.
+    """
+
+    name: str
+    types: tuple[Degradation, ...]
+    description: str
+    size_weights: tuple[float, float, float] = (0.4, 0.4, 0.2)
+    band_param: str = "degradations"
+    bands: tuple[Band, ...] = (
+        Band("1 degradation", 1, 1),
+        Band("2 degradations", 2, 2),
+        Band("3 degradations", 3, 3),
+    )
+
+    @property
+    def restores(self) -> tuple[Degradation, ...]:
+        """The degradations the task's model removes (its tool declares them)."""
+        return self.types
+
+    def sample(self, clean: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
+        """Degrade ``clean`` with a random mixture of one to three degradations."""
+        weights = np.asarray(self.size_weights, dtype=float)
+        count = 1 + int(rng.choice(len(weights), p=weights / weights.sum()))
+        return self.mix(clean, rng, count)
+
+    def mix(self, clean: np.ndarray, rng: np.random.Generator, count: int) -> tuple[np.ndarray, dict[str, Any]]:
+        """Degrade ``clean`` with ``count`` distinct random types, each at a random severity."""
+        from evals.synthesis import synthesize
+
+        chosen = [self.types[int(i)] for i in rng.choice(len(self.types), size=count, replace=False)]
+        preset = "mio100" if rng.random() < 0.5 else "default"
+        synth = synthesize(clean, chosen, seed=int(rng.integers(2**31)), preset=preset)
+        return synth.image, {"types": [d.value for d in synth.labels], "preset": preset}
+
+    def degrade_band(self, clean: np.ndarray, rng: np.random.Generator, band: Band) -> tuple[np.ndarray, dict]:
+        """Degrade ``clean`` with a mixture of ``band.low`` degradations."""
+        return self.mix(clean, rng, int(band.low))
+
+
+ALL_IN_ONE = MixtureTask(
+    "all_in_one",
+    ALL_IN_ONE_TYPES,
+    "blind removal of any mixture of up to three of noise, motion blur, defocus blur, JPEG, low resolution, "
+    "haze, rain and low light",
+)
+
+#: Every trainable task by name: the single-degradation tasks and the all-in-one model.
+ALL_TASKS: dict[str, Task | MixtureTask] = {**TASKS, ALL_IN_ONE.name: ALL_IN_ONE}
+
+#: Per degradation, the single-degradation task whose bands and classical rivals judge a multi-degradation
+#: model on that degradation alone (haze has no learned model of its own, only this evaluation entry).
+SINGLE_TASKS: dict[Degradation, Task] = {
+    **{task.degradation: task for task in TASKS.values()},
+    Degradation.HAZE: Task(
+        "dehaze",
+        Degradation.HAZE,
+        "haze removal (evaluation only)",
+        "severity",
+        SEVERITY_BANDS,
+        ("dehaze_dcp",),
+    ),
+}
+
+
+def get_task(name: str) -> Task | MixtureTask:
     """The task called ``name``.
 
     Raises:
         KeyError: naming the known tasks when ``name`` is not one of them.
     """
-    if name not in TASKS:
-        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
-    return TASKS[name]
+    if name not in ALL_TASKS:
+        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(ALL_TASKS)}")
+    return ALL_TASKS[name]
 
 
 def weights_dir(task: str, root: Path | str | None = None) -> Path:

@@ -1,4 +1,4 @@
-"""Train one learned restorer (``python -m tools.learned.train --task denoise|jpeg|derain|lowlight``).
+"""Train one learned restorer (``python -m tools.learned.train --task denoise|jpeg|...|all_in_one``).
 
 Training pairs are synthesised on the fly (:mod:`evals.synthesis`) from random crops of the
 project's calibration split (BSD100) only; a seeded split of those images into training and
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from tools.learned.tasks import TASKS, Task, get_task, weights_dir
+from tools.learned.tasks import ALL_TASKS, MixtureTask, Task, get_task, weights_dir
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def random_crop(image: np.ndarray, crop: int, rng: np.random.Generator) -> np.nd
 
 
 def make_batch(
-    task: Task, images: list[np.ndarray], batch_size: int, crop: int, rng: np.random.Generator
+    task: Task | MixtureTask, images: list[np.ndarray], batch_size: int, crop: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """Degraded and clean patches, each ``(B, 3, crop, crop)`` float32."""
     degraded, clean = [], []
@@ -87,7 +87,7 @@ def make_batch(
     return np.stack(degraded).astype(np.float32), np.stack(clean).astype(np.float32)
 
 
-def batch_stream(task: Task, images: list[np.ndarray], settings: TrainSettings, start_step: int):
+def batch_stream(task: Task | MixtureTask, images: list[np.ndarray], settings: TrainSettings, start_step: int):
     """Endless batches synthesised by ``settings.workers`` DataLoader processes.
 
     Worker ``i`` draws from ``np.random.default_rng([seed, start_step, i])``, so a run is reproducible
@@ -143,7 +143,9 @@ def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def validation_set(task: Task, images: list[np.ndarray], seed: int, crop: int = 128) -> tuple[np.ndarray, np.ndarray]:
+def validation_set(
+    task: Task | MixtureTask, images: list[np.ndarray], seed: int, crop: int = 128
+) -> tuple[np.ndarray, np.ndarray]:
     """A fixed validation batch: two centre-ish crops per validation image, degraded with a fixed seed."""
     rng = np.random.default_rng([seed, 12345])
     degraded, clean = [], []
@@ -344,7 +346,7 @@ def train(
     record = {
         "model": config.to_dict(),
         "task": task.name,
-        "degradation": task.degradation.value,
+        "restores": [d.value for d in task.restores],
         "parameters": count_parameters(model),
         "training": vars(settings)
         | {
@@ -363,7 +365,7 @@ def train(
 
 def write_model_card(out: Path, record: dict[str, Any], evaluation: str | None = None) -> Path:
     """Write ``MODEL_CARD.md`` for a trained model; ``evaluation`` is the held-out table's Markdown."""
-    task = TASKS[record["task"]]
+    task = ALL_TASKS[record["task"]]
     training = record["training"]
     last = record["history"][-1] if record["history"] else {}
     lines = [
@@ -417,15 +419,19 @@ def reproduce_command(task: str, training: dict[str, Any], model: dict[str, Any]
             parts.append(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}")
     from tools.learned.nafnet import NAFNetConfig
 
-    if model.get("width") != NAFNetConfig().width:
-        parts.append(f"--width {model['width']}")
+    default_model = NAFNetConfig().to_dict()
+    for name in ("width", "encoder_blocks", "middle_blocks", "decoder_blocks"):
+        value = model.get(name)
+        if value is not None and value != default_model[name]:
+            shown = " ".join(str(v) for v in value) if isinstance(value, list) else str(value)
+            parts.append(f"--{name.replace('_', '-')} {shown}")
     return " ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", required=True, choices=sorted(TASKS))
+    parser.add_argument("--task", required=True, choices=sorted(ALL_TASKS))
     parser.add_argument("--steps", type=int, default=TrainSettings.steps)
     parser.add_argument("--batch-size", type=int, default=TrainSettings.batch_size)
     parser.add_argument("--crop", type=int, default=TrainSettings.crop)
@@ -435,6 +441,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-every", type=int, default=TrainSettings.val_every)
     parser.add_argument("--checkpoint-every", type=int, default=TrainSettings.checkpoint_every)
     parser.add_argument("--width", type=int, default=None, help="network width (default: NAFNetConfig's)")
+    parser.add_argument("--encoder-blocks", type=int, nargs="+", default=None, help="NAF blocks per encoder level")
+    parser.add_argument("--middle-blocks", type=int, default=None, help="NAF blocks at the lowest resolution")
+    parser.add_argument("--decoder-blocks", type=int, nargs="+", default=None, help="NAF blocks per decoder level")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default tools/learned/weights/<task>)")
     parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED, help="shared folder holding data/clean")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint (see --checkpoint-dir)")
@@ -468,7 +477,13 @@ def main(argv: list[str] | None = None) -> int:
         time_budget_s=args.time_budget,
     )
     out = args.out or weights_dir(args.task)
-    model_config = {"width": args.width} if args.width else None
+    architecture = {
+        "width": args.width,
+        "encoder_blocks": args.encoder_blocks,
+        "middle_blocks": args.middle_blocks,
+        "decoder_blocks": args.decoder_blocks,
+    }
+    model_config = {name: value for name, value in architecture.items() if value is not None} or None
     train(settings, args.shared, out, resume=args.resume, model_config=model_config, checkpoint_dir=args.checkpoint_dir)
     if not args.no_eval:
         from tools.learned.evaluate import evaluate_and_record
