@@ -255,3 +255,43 @@ def test_time_budget_with_synthesis_workers_stops_and_records_the_steps(tmp_path
     assert resumed["training"]["schedule"][-1] == {"from_step": training["steps_done"], "time_budget_s": 4.0}
     assert resumed["training"]["steps_done"] > training["steps_done"]
     assert "towards a 4 s time budget" in (out / "MODEL_CARD.md").read_text()
+
+
+def test_all_in_one_task_draws_mixtures_and_its_tool_declares_every_type():
+    from tools.learned.restorers import RESTORERS
+    from tools.learned.tasks import ALL_IN_ONE, ALL_IN_ONE_TYPES, SINGLE_TASKS, get_task
+
+    assert get_task("all_in_one") is ALL_IN_ONE
+    assert RESTORERS["all_in_one"].spec.restores == ALL_IN_ONE_TYPES
+    assert set(SINGLE_TASKS) >= set(ALL_IN_ONE_TYPES)  # every type has bands and classical rivals to face
+    rng = np.random.default_rng(0)
+    clean = np.random.default_rng(1).random((48, 48, 3), dtype=np.float32)
+    sizes, presets = set(), set()
+    for _ in range(30):
+        degraded, applied = ALL_IN_ONE.sample(clean, rng)
+        assert degraded.shape == clean.shape and not np.allclose(degraded, clean)
+        assert len(set(applied["types"])) == len(applied["types"])
+        assert {Degradation(t) for t in applied["types"]} <= set(ALL_IN_ONE_TYPES)
+        sizes.add(len(applied["types"]))
+        presets.add(applied["preset"])
+    assert sizes == {1, 2, 3} and presets == {"default", "mio100"}
+    _, applied = ALL_IN_ONE.degrade_band(clean, rng, ALL_IN_ONE.bands[2])
+    assert len(applied["types"]) == 3
+
+
+def test_all_in_one_is_evaluated_per_degradation_against_its_classical_rivals(tmp_path):
+    from tools.learned.evaluate import evaluate
+    from tools.learned.tasks import ALL_IN_ONE_TYPES, SINGLE_TASKS
+    from tools.learned.train import reproduce_command, save_weights
+
+    shared = _fake_shared(tmp_path / "shared")
+    config = NAFNetConfig(width=4, encoder_blocks=(1, 2), middle_blocks=1, decoder_blocks=(1, 1))
+    record = {"model": config.to_dict(), "task": "all_in_one"}
+    save_weights(_perturbed(config), tmp_path / "aio", record)
+    results = evaluate("all_in_one", tmp_path / "aio", shared, limit=1, crop=48)
+    expected = {f"{d.value}: {band.label}" for d in ALL_IN_ONE_TYPES for band in SINGLE_TASKS[d].bands}
+    assert set(results["bands"]) == expected
+    haze = results["bands"]["haze: severity 0.67-1"]
+    assert haze["best_classical"] == "dehaze_dcp" and "learned" in haze
+    command = reproduce_command("all_in_one", {"steps": 5}, config.to_dict())
+    assert "--encoder-blocks 1 2" in command and "--middle-blocks 1" in command and "--width 4" in command

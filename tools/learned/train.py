@@ -380,7 +380,14 @@ def write_model_card(out: Path, record: dict[str, Any], evaluation: str | None =
         f"- Data: {record['data']['source']}; {len(record['data']['split']['train'])} training images, "
         f"{len(record['data']['split']['val'])} validation images (seed {training['seed']}; names in config.json).",
         f"- Degradations synthesised on the fly with evals.synthesis on random {training['crop']}x{training['crop']} "
-        "crops (flips and 90-degree rotations).",
+        "crops (flips and 90-degree rotations)"
+        + (
+            "; mixtures of 1 / 2 / 3 distinct types drawn with weights "
+            + " / ".join(f"{w:g}" for w in task.size_weights)
+            + ", each sample's ranges from the default or the MiO100 preset at random, severities at random."
+            if isinstance(task, MixtureTask)
+            else "."
+        ),
         f"- {training.get('steps_done', training['steps'])} steps, batch {training['batch_size']}, AdamW lr "
         f"{training['lr']} cosine to {training['min_lr']}"
         + (f" over a {training['time_budget_s']:.0f} s time budget" if training.get("time_budget_s") else "")
