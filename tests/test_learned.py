@@ -295,3 +295,34 @@ def test_all_in_one_is_evaluated_per_degradation_against_its_classical_rivals(tm
     assert haze["best_classical"] == "dehaze_dcp" and "learned" in haze
     command = reproduce_command("all_in_one", {"steps": 5}, config.to_dict())
     assert "--encoder-blocks 1 2" in command and "--middle-blocks 1" in command and "--width 4" in command
+
+
+def test_init_from_continues_trained_weights_with_a_fresh_schedule(tmp_path):
+    from safetensors.torch import load_file
+
+    from tools.learned.train import TrainSettings, reproduce_command, train
+
+    shared = _fake_shared(tmp_path / "shared")
+    first = tmp_path / "first"
+    settings = TrainSettings(task="jpeg", steps=2, batch_size=2, crop=24, val_images=1, val_every=2)
+    train(settings, shared, first, model_config=TINY.to_dict(), progress=False, checkpoint_dir=tmp_path / "ck1")
+    with pytest.raises(ValueError, match="holds a 'jpeg' model"):
+        train(TrainSettings(task="denoise", init_from=str(first)), shared, tmp_path / "x", progress=False)
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        train(TrainSettings(task="jpeg", init_from=str(tmp_path / "none")), shared, tmp_path / "x", progress=False)
+
+    second = tmp_path / "second"
+    settings = TrainSettings(task="jpeg", steps=0, batch_size=2, crop=24, val_images=1, init_from=str(first))
+    record = train(settings, shared, second, progress=False, checkpoint_dir=tmp_path / "ck2")
+    start, end = load_file(str(first / "model.safetensors")), load_file(str(second / "model.safetensors"))
+    assert all(torch.equal(start[name], end[name]) for name in start)  # zero steps: exactly the weights loaded
+    assert record["model"] == json.loads((first / "config.json").read_text())["model"]  # architecture from there
+    assert record["initialised_from"]["folder"] == str(first) and record["initialised_from"]["steps_done"] == 2
+    assert f"--init-from {first}" in reproduce_command("jpeg", record["training"], record["model"])
+    assert "Started from the weights in" in (second / "MODEL_CARD.md").read_text()
+
+    settings = TrainSettings(task="jpeg", steps=2, batch_size=2, crop=24, val_images=1, init_from=str(first))
+    train(settings, shared, second, progress=False, checkpoint_dir=tmp_path / "ck2")
+    settings = TrainSettings(task="jpeg", steps=3, batch_size=2, crop=24, val_images=1)  # resumed: no flag needed
+    resumed = train(settings, shared, second, resume=True, progress=False, checkpoint_dir=tmp_path / "ck2")
+    assert resumed["training"]["init_from"] == str(first) and resumed["initialised_from"]["folder"] == str(first)

@@ -55,6 +55,7 @@ class TrainSettings:
     checkpoint_every: int = 250
     workers: int = 0
     time_budget_s: float | None = None
+    init_from: str | None = None
 
 
 def split_images(names: list[str], val_images: int, seed: int) -> dict[str, list[str]]:
@@ -218,6 +219,10 @@ def train(
         model_config: :class:`NAFNetConfig` fields (default config when ``None``; the checkpoint's on resume).
         progress: Show a tqdm progress bar.
         checkpoint_dir: Folder of ``checkpoint.pt`` (default ``.restora-cache/train/<task>`` in the repository).
+
+    ``settings.init_from`` names a weights folder (``model.safetensors`` + ``config.json``, e.g. the shipped
+    weights) whose network and architecture a fresh run starts from, with a new optimiser and schedule: how
+    to continue training a model whose checkpoint is gone. On ``resume`` it is read from the checkpoint.
     """
     import torch
     from tqdm import tqdm
@@ -245,9 +250,30 @@ def train(
         if state["settings"]["task"] != settings.task:
             raise ValueError(f"{checkpoint_path} is for task {state['settings']['task']!r}, not {settings.task!r}")
         model_config = state["model_config"]
+        settings.init_from = state["settings"].get("init_from")  # the checkpoint already holds those weights
+    initial: dict[str, Any] | None = None
+    if settings.init_from and not resume:
+        start = Path(settings.init_from)
+        if not (start / "config.json").is_file() or not (start / "model.safetensors").is_file():
+            raise FileNotFoundError(f"--init-from {start}: no config.json and model.safetensors there")
+        initial = json.loads((start / "config.json").read_text())
+        if initial.get("task") != settings.task:
+            raise ValueError(f"{settings.init_from} holds a {initial.get('task')!r} model, not {settings.task!r}")
+        model_config = initial["model"]
     torch.manual_seed(settings.seed)
     config = NAFNetConfig.from_dict(model_config) if model_config else NAFNetConfig()
     model = NAFNet(config).to(device)
+    initialised_from = state.get("initialised_from") if state is not None else None
+    if initial is not None:
+        from safetensors.torch import load_file
+
+        initialised_from = {
+            "folder": str(settings.init_from),
+            "steps_done": initial["training"].get("steps_done", initial["training"].get("steps")),
+            "val_psnr": initial["history"][-1]["val_psnr"] if initial.get("history") else None,
+        }
+        model.load_state_dict(load_file(str(Path(str(settings.init_from)) / "model.safetensors"), device=device))
+        logger.info("starting from the weights in %s", settings.init_from)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.9)
     )
@@ -292,6 +318,7 @@ def train(
             "schedule": schedule,
             "train_seconds": seconds_before + time.perf_counter() - started,
             "settings": vars(settings),
+            "initialised_from": initialised_from,
             "model_config": config.to_dict(),
         }
         partial = checkpoint_path.with_suffix(".tmp")
@@ -358,6 +385,8 @@ def train(
         "data": {"source": "BSD100 (calibration split of evals.synthesis.clean_split)", "split": split},
         "history": history,
     }
+    if initialised_from is not None:
+        record["initialised_from"] = initialised_from
     save_weights(model.cpu(), out, record)
     write_model_card(out, record)
     return record
@@ -401,6 +430,13 @@ def write_model_card(out: Path, record: dict[str, Any], evaluation: str | None =
             for c in training["schedule"]
         )
         lines.append(f"- Resumed with a re-targeted cosine schedule ({changes}); reproduce with the same resumes.")
+    start = record.get("initialised_from")
+    if start:
+        score = f", validation {start['val_psnr']:.2f} dB" if start.get("val_psnr") is not None else ""
+        lines.append(
+            f"- Started from the weights in {start['folder']} ({start['steps_done']} steps{score}) with a new "
+            "optimiser and schedule."
+        )
     if training.get("note"):
         lines.append(f"- Note: {training['note']}")
     if last:
@@ -419,10 +455,10 @@ def reproduce_command(task: str, training: dict[str, Any], model: dict[str, Any]
     """The ``tools.learned.train`` command line that repeats a recorded run (its non-default settings)."""
     defaults = TrainSettings(task=task)
     parts = [f"python -m tools.learned.train --task {task}"]
-    for name in ("steps", "batch_size", "crop", "lr", "loss", "seed", "workers", "time_budget_s"):
+    for name in ("steps", "batch_size", "crop", "lr", "loss", "seed", "workers", "time_budget_s", "init_from"):
         value = training.get(name)
         if name == "steps" or (value is not None and value != getattr(defaults, name)):
-            flag = "--time-budget" if name == "time_budget_s" else "--" + name.replace("_", "-")
+            flag = {"time_budget_s": "--time-budget"}.get(name, "--" + name.replace("_", "-"))
             parts.append(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}")
     from tools.learned.nafnet import NAFNetConfig
 
@@ -462,6 +498,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--time-budget", type=float, default=None, help="seconds of training; the cosine schedule follows the time"
     )
+    parser.add_argument(
+        "--init-from", default=None, help="weights folder to start from (new optimiser and schedule; e.g. shipped)"
+    )
     parser.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation afterwards")
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N held-out images")
     args = parser.parse_args(argv)
@@ -482,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint_every=args.checkpoint_every,
         workers=args.workers,
         time_budget_s=args.time_budget,
+        init_from=args.init_from,
     )
     out = args.out or weights_dir(args.task)
     architecture = {
