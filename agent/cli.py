@@ -109,13 +109,17 @@ def cmd_tools(args: argparse.Namespace) -> int:
     if args.json:
         from dataclasses import asdict
 
-        print(json.dumps([asdict(s) for s in registry.specs()], indent=2, default=str))
+        entries = [asdict(s) | {"missing": registry.get(s.name).missing()} for s in registry.specs()]
+        print(json.dumps(entries, indent=2, default=str))
         return EXIT_OK
     for spec in registry.specs():
         flags = " [generative]" if spec.generative else ""
         restores = ", ".join(d.value for d in spec.restores)
         print(f"{spec.name}{flags}  ({spec.family}, {spec.device})  restores: {restores}")
         print(f"    {spec.description}")
+        problem = registry.get(spec.name).missing()
+        if problem:
+            print(f"    NOT AVAILABLE HERE: {problem}")
         for p in spec.params:
             print(f"    - {p.describe()}" + (f": {p.description}" if p.description else ""))
     return EXIT_OK

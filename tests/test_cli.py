@@ -34,6 +34,19 @@ def test_tools_lists_the_catalogue(capsys):
     assert all(s["restores"] for s in specs)
 
 
+def test_tools_says_which_cannot_run_here_and_how_to_fix_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RESTORA_WEIGHTS", str(tmp_path / "no-weights"))
+    monkeypatch.delenv("RESTORA_DIFFUSION_MODEL", raising=False)
+    assert main(["tools"]) == EXIT_OK
+    out = capsys.readouterr().out
+    entry = out[out.index("nafnet_derain") :].split("\n\n")[0]
+    assert "NOT AVAILABLE HERE: no trained weights" in entry and "tools.learned.train --task derain" in entry
+    assert main(["tools", "--json"]) == EXIT_OK
+    missing = {s["name"]: s["missing"] for s in json.loads(capsys.readouterr().out)}
+    assert missing["dehaze_dcp"] is None and "RESTORA_DIFFUSION_MODEL" in missing["diffusion_restore"]
+    assert "task derain" in missing["nafnet_derain"]
+
+
 def test_batch_goes_on_past_bad_files_and_lists_them(tmp_path, noisy_png, capsys):
     inputs = tmp_path / "in"
     inputs.mkdir()

@@ -167,6 +167,27 @@ def test_tool_without_weights_names_the_training_command(tmp_path):
         tool(image)
 
 
+def test_missing_weights_are_reported_without_loading_and_kept_out_of_the_runnable_tools(tmp_path, monkeypatch):
+    from tools import default_registry
+    from tools.learned.restorers import NAFNetDenoise
+
+    assert "task denoise" in (NAFNetDenoise(weights=tmp_path / "missing").missing() or "")
+    assert NAFNetDenoise(weights=tmp_path / "missing", model=_perturbed()).missing() is None
+    registry = default_registry()
+    monkeypatch.setenv("RESTORA_WEIGHTS", str(tmp_path / "empty"))
+    runnable = registry.runnable()  # the weights folder is looked up at each check
+    assert "nafnet_derain" not in runnable and "denoise_dct" in runnable
+    from agent.planning.rule_planner import expand_candidates
+    from agent.report import DegradationEstimate, DegradationReport
+    from policies import load_policy
+
+    report = DegradationReport(
+        assessor="test", estimates={Degradation.RAIN: DegradationEstimate(probability=0.9, severity=0.5)}
+    )
+    tools = [a["tool"] for a in expand_candidates(load_policy("default"), registry, Degradation.RAIN, report)]
+    assert tools and "nafnet_derain" not in tools and tools[0] == "derain_directional"  # no attempt spent on it
+
+
 def test_tool_runs_an_injected_model_with_tiles():
     from tools.learned.restorers import NAFNetJpeg
 

@@ -149,6 +149,18 @@ def test_valid_reply_is_used_and_the_prompt_carries_catalogue_report_and_request
     assert model.images[0].size == (32, 24)
 
 
+def test_tools_that_cannot_run_here_are_neither_offered_nor_accepted(
+    registry: ToolRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RESTORA_DIFFUSION_MODEL", raising=False)
+    assert registry.get("diffusion_restore").missing()  # no diffusion model is configured in the tests
+    proposal = {"steps": [{"tool": "diffusion_restore", "target": "noise"}, {"tool": "dehaze_dcp", "target": "haze"}]}
+    model = Scripted(proposal, proposal)
+    result = planner(model, registry).plan(IMAGE, report(noise=0.9, haze=0.7), "")
+    assert "diffusion_restore" not in model.calls[0][0]["content"]
+    assert result.record.fallback and all(s["tool"] != "diffusion_restore" for s in result.steps)
+
+
 def test_invalid_then_valid_retries_once_with_the_error(registry: ToolRegistry) -> None:
     model = Scripted({"steps": [{"tool": "denoise_dct", "target": "noise", "params": {"sigma": 9}}]}, VALID)
     result = planner(model, registry).plan(IMAGE, report(noise=0.9), "fix it")

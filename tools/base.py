@@ -152,6 +152,13 @@ class Tool:
     def setup(self) -> None:
         """Load models or tables; called once before the first :meth:`apply`. Default: nothing."""
 
+    def missing(self) -> str | None:
+        """What the tool needs to run and lacks here (trained weights, a model), or ``None`` when it can run.
+
+        A cheap check (nothing is loaded); the catalogue shows it and planners leave such tools out.
+        """
+        return None
+
     def suggest(self, report: DegradationReport, target: Degradation) -> dict[str, Any]:
         """Parameters for restoring ``target`` given the assessor's ``report`` (default: none).
 
@@ -235,6 +242,10 @@ class ToolRegistry:
     def for_degradation(self, degradation: Degradation) -> list[ToolSpec]:
         """Specs of the tools that declare they restore ``degradation``."""
         return [s for s in self.specs() if degradation in s.restores]
+
+    def runnable(self) -> list[str]:
+        """Names of the tools that have what they need to run here (:meth:`Tool.missing` is ``None``)."""
+        return [name for name in self.names() if self.get(name).missing() is None]
 
     def get(self, name: str) -> Tool:
         """The (lazily created, cached) instance of tool ``name``."""

@@ -68,7 +68,7 @@ def candidate_options(policy: Any, registry: Any, degradation: Degradation) -> l
 
     The policy's candidates are split into one option per strength; then every other catalogue tool
     that declares it restores ``degradation`` joins at strength 1.0, unless it is generative, a
-    correction step, or a learned tool whose weights are missing here.
+    correction step, or lacks what it needs to run here (:meth:`tools.base.Tool.missing`, e.g. trained weights).
     """
     from policies.schema import Candidate
 
@@ -81,9 +81,7 @@ def candidate_options(policy: Any, registry: Any, degradation: Degradation) -> l
     for spec in registry.for_degradation(degradation):
         if spec.name in listed or spec.generative or spec.family == "correction":
             continue
-        tool = registry.get(spec.name)
-        folder = getattr(tool, "weights_folder", None)
-        if folder is not None and not (folder() / "model.safetensors").is_file():
+        if registry.get(spec.name).missing():
             continue
         options.append(Candidate(tool=spec.name, strengths=[1.0]))
     unique: dict[str, Any] = {}

@@ -43,8 +43,9 @@ def expand_candidates(
     ``suggest`` from the report, the policy's fixed params, and the numbers of the request
     ("denoise with sigma 0.06"; applied to the tools that declare such a parameter). A strength
     from the request ("a little", or a chat's "less denoising") replaces the policy's strengths.
-    Candidates meant for another severity range (``min_severity``/``max_severity``) are left out, and
-    an attempt identical to an earlier one is not repeated.
+    Candidates meant for another severity range (``min_severity``/``max_severity``) are left out, so are
+    tools that cannot run here (:meth:`tools.base.Tool.missing`: no weights, no model), and an attempt
+    identical to an earlier one is not repeated.
     """
     attempts: list[dict[str, Any]] = []
     # Checkpoints the user registered (`restora tools add`) come first, then the policy's candidates.
@@ -59,6 +60,10 @@ def expand_candidates(
         if name not in registry:
             continue
         tool = registry.get(name)
+        problem = tool.missing()
+        if problem:  # e.g. a learned tool without weights: no attempt is spent on it
+            logger.info("skipping %s for %s: %s", name, degradation.value, problem)
+            continue
         suggested = tool.suggest(report, degradation)
         declared = {p.name for p in tool.spec.params}
         requested = tool_params(intent, degradation, tool.spec) if intent is not None else {}

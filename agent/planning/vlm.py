@@ -125,7 +125,7 @@ def system_prompt(registry: ToolRegistry, max_steps: int) -> str:
         "what the user wants kept or skipped; an empty steps list means the image needs nothing. No other keys, "
         "no file paths, no code.\n"
         f"Degradations:\n{kinds}\n"
-        f"Tools:\n{catalogue_text(registry)}"
+        f"Tools:\n{catalogue_text(registry, tools=registry.runnable())}"
     )
 
 
@@ -387,9 +387,10 @@ class VLMPlanner:
 
     @property
     def schema(self) -> Any:
-        """The plan schema (built once from the registry)."""
+        """The plan schema (built once from the registry's runnable tools)."""
         if self._schema is None:
-            self._schema = build_plan_schema(self.registry, max_steps=self.max_steps)
+            # Tools that cannot run here (no weights, no model) are neither offered nor accepted.
+            self._schema = build_plan_schema(self.registry, max_steps=self.max_steps, tools=self.registry.runnable())
         return self._schema
 
     def plan(

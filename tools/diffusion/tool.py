@@ -206,6 +206,12 @@ class DiffusionRestore(Tool):
     # Loading and running
     # ------------------------------------------------------------------------------------------
 
+    def missing(self) -> str | None:
+        """How to provide a model when none is configured (``model=``, ``$RESTORA_DIFFUSION_MODEL``); else ``None``."""
+        if self.components is None and not (self.model or os.environ.get(MODEL_ENV)):
+            return MISSING_MODEL
+        return None
+
     def setup(self) -> None:
         """Load the diffusion parts and the structural corrector.
 

@@ -50,6 +50,16 @@ class LearnedRestorer(Tool):
         """Where this tool looks for its weights."""
         return self.weights if self.weights is not None else weights_dir(self.task)
 
+    def missing(self) -> str | None:
+        """The missing weights, naming the command that trains them; ``None`` when present (or a model was given)."""
+        folder = self.weights_folder()
+        if self.model is not None or ((folder / "model.safetensors").is_file() and (folder / "config.json").is_file()):
+            return None
+        return (
+            f"no trained weights in {folder}; train them with `{train_command(self.task)}` "
+            f"or set RESTORA_WEIGHTS to a folder holding {self.task}/model.safetensors"
+        )
+
     def setup(self) -> None:
         """Load the network onto the chosen device and dtype.
 
@@ -61,12 +71,10 @@ class LearnedRestorer(Tool):
         self.device = select_device(self.device_name)
         self.dtype = select_dtype(self.dtype_name, self.device)
         if self.model is None:
+            problem = self.missing()
+            if problem:
+                raise ToolError(f"{self.spec.name}: {problem}")
             folder = self.weights_folder()
-            if not (folder / "model.safetensors").is_file() or not (folder / "config.json").is_file():
-                raise ToolError(
-                    f"{self.spec.name}: no trained weights in {folder}; train them with `{train_command(self.task)}` "
-                    f"or set RESTORA_WEIGHTS to a folder holding {self.task}/model.safetensors"
-                )
             from tools.learned.train import load_model
 
             self.model = load_model(folder)

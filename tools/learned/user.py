@@ -112,6 +112,12 @@ class UserCheckpointTool(Tool):
     checkpoint: str = ""
     upscale_output: bool = False
 
+    def missing(self) -> str | None:
+        """The checkpoint file when it is gone (moved or deleted since it was added); else ``None``."""
+        return (
+            None if self.path.is_file() else f"checkpoint {self.path} not found; add it again with `restora tools add`"
+        )
+
     def setup(self) -> None:
         """Load the checkpoint onto the chosen device and dtype.
 
