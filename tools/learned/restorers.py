@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from tools.base import STRENGTH, Param, Tool, ToolError, ToolSpec, register_tool
-from tools.learned.tasks import get_task, train_command, weights_dir
+from tools.learned.tasks import get_task, has_weights, train_command, weights_dir
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class LearnedRestorer(Tool):
     def missing(self) -> str | None:
         """The missing weights, naming the command that trains them; ``None`` when present (or a model was given)."""
         folder = self.weights_folder()
-        if self.model is not None or ((folder / "model.safetensors").is_file() and (folder / "config.json").is_file()):
+        if self.model is not None or has_weights(folder):
             return None
         return (
             f"no trained weights in {folder}; train them with `{train_command(self.task)}` "

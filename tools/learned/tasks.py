@@ -255,6 +255,11 @@ def weights_dir(task: str, root: Path | str | None = None) -> Path:
     return base / task
 
 
+def has_weights(folder: Path | str) -> bool:
+    """Whether ``folder`` holds a trained model (``model.safetensors`` and its ``config.json``)."""
+    return (Path(folder) / "model.safetensors").is_file() and (Path(folder) / "config.json").is_file()
+
+
 def train_command(task: str) -> str:
     """The shell command that trains ``task``'s model."""
     return f"python -m tools.learned.train --task {task}"

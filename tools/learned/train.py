@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from tools.learned.tasks import ALL_TASKS, MixtureTask, Task, get_task, weights_dir
+from tools.learned.tasks import ALL_TASKS, MixtureTask, Task, get_task, has_weights, weights_dir
 
 logger = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ def train(
     initial: dict[str, Any] | None = None
     if settings.init_from and not resume:
         start = Path(settings.init_from)
-        if not (start / "config.json").is_file() or not (start / "model.safetensors").is_file():
+        if not has_weights(start):
             raise FileNotFoundError(f"--init-from {start}: no config.json and model.safetensors there")
         initial = json.loads((start / "config.json").read_text())
         if initial.get("task") != settings.task:
@@ -262,18 +262,17 @@ def train(
         model_config = initial["model"]
     torch.manual_seed(settings.seed)
     config = NAFNetConfig.from_dict(model_config) if model_config else NAFNetConfig()
-    model = NAFNet(config).to(device)
     initialised_from = state.get("initialised_from") if state is not None else None
     if initial is not None:
-        from safetensors.torch import load_file
-
+        model = load_model(Path(str(settings.init_from)), device)  # put in training mode before the loop
         initialised_from = {
             "folder": str(settings.init_from),
             "steps_done": initial["training"].get("steps_done", initial["training"].get("steps")),
             "val_psnr": initial["history"][-1]["val_psnr"] if initial.get("history") else None,
         }
-        model.load_state_dict(load_file(str(Path(str(settings.init_from)) / "model.safetensors"), device=device))
         logger.info("starting from the weights in %s", settings.init_from)
+    else:
+        model = NAFNet(config).to(device)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.9)
     )
