@@ -28,7 +28,7 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_builtin_suites_load_and_differ() -> None:
     names = list_suites()
-    assert {"smoke", "mixed", "underwater", "udc"} <= set(names)
+    assert {"smoke", "mixed", "underwater", "udc", "real"} <= set(names)
     suites = [load_suite(n) for n in names]
     assert len({s.fingerprint() for s in suites}) == len(suites)
     mixed = load_suite("mixed")
@@ -38,6 +38,9 @@ def test_builtin_suites_load_and_differ() -> None:
     assert any(d.synthesis and d.synthesis.kind == "udc" for d in udc.datasets)
     uw = load_suite("underwater")
     assert {"uiqm", "uciqe"} <= set(uw.improvement_metrics)
+    real = load_suite("real")
+    assert all(d.optional and d.synthesis is None for d in real.datasets)  # real photos only, none required
+    assert "psnr" in real.primary_metrics and real.baselines.identity
 
 
 def test_suite_errors_name_the_problem(tmp_path: Path) -> None:
@@ -146,12 +149,33 @@ def test_real_sets_load() -> None:
         "underwater/U45": (45, False),
         "underwater/RUIE_UCCS": (300, False),
         "udc/DAGF_ECCV2020_UDC_examples": (2, False),
+        "degraded/PolyU_real_noise_cropped100": (100, True),
+        "degraded/Rain100L_synthetic_samples": (10, True),
+        "degraded/SOTS_indoor_synthetic_haze_subset50": (50, True),
     }
     for rel, (count, paired) in expected.items():
         dataset = load_dataset(DATA / rel)
         assert (len(dataset), dataset.paired) == (count, paired), rel
     ruie = load_dataset(DATA / "underwater/RUIE_UCCS", layout="ruie")
     assert {e.group for e in ruie.entries} == {"blue", "blue-green", "green"}
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data not available")
+def test_real_suite_items() -> None:
+    from evals.runner import build_items
+
+    items, notes = build_items(load_suite("real"), DATA)
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item["dataset"]] = counts.get(item["dataset"], 0) + 1
+    assert counts == {"PolyU": 100, "Rain100L": 10, "SOTS": 25, "DICM": 30} and not notes
+
+
+def test_real_suite_without_data_skips_every_set(tmp_path: Path) -> None:
+    from evals.runner import build_items
+
+    items, notes = build_items(load_suite("real"), tmp_path)
+    assert items == [] and len(notes) == 4
 
 
 # ----------------------------------------------------------------------------------------------
