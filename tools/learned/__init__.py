@@ -25,6 +25,6 @@ def register_all(include_user: bool = True) -> list[str]:
 
 def available_tasks() -> list[str]:
     """The tasks whose trained weights are present (package folder or ``$RESTORA_WEIGHTS``)."""
-    from tools.learned.tasks import ALL_TASKS, weights_dir
+    from tools.learned.tasks import ALL_TASKS, has_weights, weights_dir
 
-    return [task for task in ALL_TASKS if (weights_dir(task) / "model.safetensors").is_file()]
+    return [task for task in ALL_TASKS if has_weights(weights_dir(task))]
