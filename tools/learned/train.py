@@ -264,7 +264,7 @@ def train(
     config = NAFNetConfig.from_dict(model_config) if model_config else NAFNetConfig()
     initialised_from = state.get("initialised_from") if state is not None else None
     if initial is not None:
-        model = load_model(Path(str(settings.init_from)), device)  # put in training mode before the loop
+        model = load_model(start, device)  # put in training mode before the loop
         initialised_from = {
             "folder": str(settings.init_from),
             "steps_done": initial["training"].get("steps_done", initial["training"].get("steps")),
