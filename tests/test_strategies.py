@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import cv2
@@ -505,3 +506,39 @@ def test_parallel_exploration_keeps_the_job_order(monkeypatch):
     results = explore_order._restore_jobs_parallel(jobs, "test", workers=2)
     assert [record["index"] for record, _ in results] == list(range(7))
     assert explore_order._restore_jobs_parallel(jobs, "test", workers=1) == results
+
+
+def test_headroom_is_the_hindsight_best_explored_run_over_the_policys_own(tmp_path, capsys):
+    from agent.planning import explore_order
+
+    prior = ["noise", "haze"]
+    record = {
+        "settings": {"policy": "default"},
+        "runs": [  # mixture m1: the reverse order wins by 0.4 dB; m2: the policy's order is best
+            {"item": "m1", "order": ["noise", "haze"], "psnr": 20.0},
+            {"item": "m1", "order": ["haze", "noise"], "psnr": 20.4},
+            {"item": "m2", "order": ["noise", "haze"], "psnr": 25.0},
+            {"item": "m2", "order": ["haze", "noise"], "psnr": 24.0},
+        ],
+        "threshold_runs": [
+            {"item": "m1", "threshold": None, "degradation": "policy", "psnr": 20.1},
+            {"item": "m2", "threshold": None, "degradation": "policy", "psnr": 25.0},
+            {"item": "m1", "threshold": 0.2, "degradation": "haze", "psnr": 19.0},
+            {"item": "m2", "threshold": 0.2, "degradation": "haze", "psnr": 26.0},
+        ],
+    }
+    result = explore_order.headroom(record, prior)
+    assert result["orders"]["n"] == 2
+    assert abs(result["orders"]["mean"] - 0.2) < 1e-9  # (0.4 + 0) / 2, against the runs in the policy's order
+    assert result["orders"]["above_0.05"] == 1 and result["orders"]["above_0.5"] == 0
+    assert abs(result["thresholds"]["mean"] - 0.5) < 1e-9  # m1 keeps the policy's 20.1, m2 gains 1.0
+    # all phases: m1's best is 20.4 (+0.3 over its own 20.1), m2's 26.0 (+1.0)
+    assert abs(result["all"]["mean"] - 0.65) < 1e-9 and result["all"]["above_0.5"] == 1
+    assert "tools" not in result
+
+    runs = tmp_path / "exploration.json"
+    runs.write_text(json.dumps(record))
+    assert explore_order.main(["--headroom", "--runs", str(runs), "--shared", str(tmp_path / "absent")]) == 0
+    out = capsys.readouterr().out
+    assert "orders" in out and "+0.200 dB mean" in out
+    assert explore_order.main(["--headroom", "--runs", str(tmp_path / "missing.json")]) == 2

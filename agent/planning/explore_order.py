@@ -531,6 +531,72 @@ def explore_tools(
     return runs
 
 
+#: The runs of each exploration phase in the ``--runs`` record, in the order :func:`headroom` reports them.
+PHASE_KEYS = (
+    ("orders", "runs"),
+    ("tools", "tool_runs"),
+    ("thresholds", "threshold_runs"),
+    ("tolerances", "tolerance_runs"),
+)
+
+
+def _policy_runs(record: dict[str, Any], order_prior: list[str]) -> tuple[dict[str, float], dict[str, float]]:
+    """Per mixture, the PSNR of the run with the policy's own settings, and of its run in the policy's order."""
+    own: dict[str, float] = {}
+    for key, field in (("threshold_runs", "threshold"), ("tolerance_runs", "tolerance")):
+        own.update({r["item"]: r["psnr"] for r in record.get(key, []) if r.get(field) is None and r["item"] not in own})
+    rank = {d: i for i, d in enumerate(order_prior)}
+    in_order = {
+        r["item"]: r["psnr"]
+        for r in record.get("runs", [])
+        if [rank.get(d, len(rank)) for d in r["order"]] == sorted(rank.get(d, len(rank)) for d in r["order"])
+    }
+    return own, in_order
+
+
+def headroom(record: dict[str, Any], order_prior: list[str]) -> dict[str, dict[str, float]]:
+    """How much any choice among the explored options could gain, with hindsight, per phase and in all.
+
+    For every mixture, the best PSNR among a phase's runs (every ordering; every tool option tried first;
+    every threshold or tolerance value) is compared with the policy's own run: for orders, the run in the
+    policy's ``order_prior`` (MAIR's fixed order for the default policy); otherwise the run with the
+    policy's settings. The mean of those per-mixture maxima is an upper bound no learned prior over the
+    same options can pass, since a prior must choose before seeing the clean image.
+
+    Returns:
+        Per phase (and ``"all"``), ``mean`` and ``median`` hindsight gain (dB), the mixtures counted (``n``)
+        and how many gain more than 0.05 and 0.5 dB.
+    """
+    own, in_order = _policy_runs(record, order_prior)
+    best_all: dict[str, float] = {}
+    result: dict[str, dict[str, float]] = {}
+    for phase, key in PHASE_KEYS:
+        runs = record.get(key, [])
+        baseline = in_order if phase == "orders" else own
+        best: dict[str, float] = {}
+        for run in runs:
+            best[run["item"]] = max(best.get(run["item"], -np.inf), run["psnr"])
+            best_all[run["item"]] = max(best_all.get(run["item"], -np.inf), run["psnr"])
+        gains = [best[item] - baseline[item] for item in best if item in baseline]
+        if gains:
+            result[phase] = _headroom_stats(gains)
+    gains = [best_all[item] - own[item] for item in best_all if item in own]
+    if gains:
+        result["all"] = _headroom_stats(gains)
+    return result
+
+
+def _headroom_stats(gains: list[float]) -> dict[str, float]:
+    values = np.asarray(gains, dtype=np.float64)
+    return {
+        "n": len(values),
+        "mean": float(values.mean()),
+        "median": float(np.median(values)),
+        "above_0.05": int((values > 0.05).sum()),
+        "above_0.5": int((values > 0.5).sum()),
+    }
+
+
 def write_policy(
     base_name: str,
     prior: dict[str, dict[str, float]],
@@ -629,16 +695,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="policy YAML to write")
     parser.add_argument("--runs", type=Path, default=None, help="JSON record of every run (default: next to --out)")
     parser.add_argument(
+        "--headroom",
+        action="store_true",
+        help="only print, from the --runs record, what the best explored option per mixture gains with hindsight",
+    )
+    parser.add_argument(
         "--reuse",
         action="store_true",
         help="take the runs of a phase from an existing --runs record made with the same settings instead of rerunning",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    runs_path = args.runs or args.out.with_name(args.out.stem + "_exploration.json")
+    if args.headroom:
+        from policies import load_policy
+
+        if not runs_path.is_file():
+            print(f"error: no exploration record at {runs_path}; pass --runs", file=sys.stderr)
+            return 2
+        record = json.loads(runs_path.read_text())
+        policy = load_policy(record.get("settings", {}).get("policy", args.policy))
+        order_prior = [Degradation(d).value for d in policy.order_prior]
+        print(f"hindsight headroom over the policy's own runs ({runs_path}):")
+        for phase, stats in headroom(record, order_prior).items():
+            print(
+                f"  {phase:11s} {stats['mean']:+.3f} dB mean, {stats['median']:+.3f} median over {stats['n']} "
+                f"mixtures; {stats['above_0.05']} gain > 0.05 dB, {stats['above_0.5']} > 0.5 dB"
+            )
+        return 0
     if not (args.shared / "data" / "clean").is_dir():
         print(f"error: {args.shared}/data/clean not found; pass --shared", file=sys.stderr)
         return 2
-    runs_path = args.runs or args.out.with_name(args.out.stem + "_exploration.json")
     settings = {"policy": args.policy, "per_combo": args.per_combo, "seed": args.seed, "limit": args.limit}
     previous: dict[str, Any] = {}
     if args.reuse and runs_path.is_file():
