@@ -347,3 +347,42 @@ def test_init_from_continues_trained_weights_with_a_fresh_schedule(tmp_path):
     settings = TrainSettings(task="jpeg", steps=3, batch_size=2, crop=24, val_images=1)  # resumed: no flag needed
     resumed = train(settings, shared, second, resume=True, progress=False, checkpoint_dir=tmp_path / "ck2")
     assert resumed["training"]["init_from"] == str(first) and resumed["initialised_from"]["folder"] == str(first)
+
+
+def test_capture_noise_is_correlated_signal_dependent_and_compressed():
+    from tools.learned.tasks import capture_noise
+
+    flat = np.full((96, 96, 3), 0.5, np.float32)
+    out, params = capture_noise(flat, np.random.default_rng(0), max_read=0.03, max_shot=0.0, qualities=(95, 95))
+    assert out.shape == flat.shape and out.dtype == np.float32 and 0.0 <= out.min() and out.max() <= 1.0
+    assert params["quality"] == 95 and 0.0 <= params["read"] <= 0.03 and params["shot"] == 0.0
+    again, _ = capture_noise(flat, np.random.default_rng(0), max_read=0.03, max_shot=0.0, qualities=(95, 95))
+    np.testing.assert_array_equal(out, again)  # seeded
+    # the blur that correlates neighbouring pixels keeps the noise's strength (before compression)
+    rng = np.random.default_rng(3)
+    residuals = []
+    for _ in range(20):
+        noisy, p = capture_noise(flat, rng, max_read=0.05, max_shot=0.0, qualities=(100, 100))
+        residuals.append(((noisy - flat)[..., 1].std() / max(p["read"], 1e-6), p["spread"], noisy - flat))
+    ratios = [r for r, _, _ in residuals if r == r]
+    assert 0.6 < float(np.median(ratios)) < 1.4
+    spread_residual = max(residuals, key=lambda r: r[1])[2][..., 1]
+    assert np.corrcoef(spread_residual[:, :-1].ravel(), spread_residual[:, 1:].ravel())[0, 1] > 0.5
+
+
+def test_upscale_training_draws_include_capture_noise_but_its_evaluation_does_not():
+    from tools.learned.tasks import get_task
+
+    task = get_task("upscale")
+    assert task.capture_share > 0 and task.capture_only_share > 0
+    rng = np.random.default_rng(0)
+    clean = np.random.default_rng(1).random((64, 64, 3), dtype=np.float32)
+    kinds = set()
+    for _ in range(40):
+        degraded, params = task.sample(clean, rng)
+        assert degraded.shape == clean.shape
+        kinds.add("only" if "severity" not in params else "both" if "capture" in params else "task")
+    assert kinds == {"only", "both", "task"}
+    _, params = task.degrade_band(clean, rng, task.bands[1])
+    assert "capture" not in params and 1 / 3 <= params["severity"] <= 2 / 3
+    assert get_task("denoise").capture_share == 0.0  # other tasks draw as before

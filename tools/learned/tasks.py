@@ -47,6 +47,12 @@ class Task:
     band_param: str
     bands: tuple[Band, ...]
     classical_tools: tuple[str, ...]
+    #: Share of training samples that also carry the noise and compression of a real capture
+    #: (:func:`capture_noise`) on top of the task's degradation; the target stays the clean image.
+    capture_share: float = 0.0
+    #: Share of training samples with only that capture noise (no task degradation): the model must
+    #: not sharpen an image that lacks nothing but carries sensor noise.
+    capture_only_share: float = 0.0
 
     @property
     def restores(self) -> tuple[Degradation, ...]:
@@ -54,8 +60,19 @@ class Task:
         return (self.degradation,)
 
     def sample(self, clean: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
-        """Degrade ``clean`` with a training draw over the task's whole range."""
-        return self.degrade(clean, rng, self.bands[0].low, self.bands[-1].high)
+        """Degrade ``clean`` with a training draw over the task's whole range.
+
+        With :attr:`capture_only_share` / :attr:`capture_share`, a draw is instead (or also) given the
+        noise and JPEG compression of a real capture by :func:`capture_noise`.
+        """
+        draw = rng.random() if self.capture_share or self.capture_only_share else 1.0
+        if draw < self.capture_only_share:
+            return capture_noise(clean, rng)
+        degraded, params = self.degrade(clean, rng, self.bands[0].low, self.bands[-1].high)
+        if draw < self.capture_only_share + self.capture_share:
+            degraded, capture = capture_noise(degraded, rng)
+            params = {**params, "capture": capture}
+        return degraded, params
 
     def degrade(
         self, clean: np.ndarray, rng: np.random.Generator, low: float, high: float
@@ -82,6 +99,41 @@ class Task:
         if self.name == "jpeg":
             return degrade(clean, self.degradation, rng, quality=round(value))
         return degrade(clean, self.degradation, rng, severity=value)
+
+
+def capture_noise(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    max_read: float = 8.0 / 255.0,
+    max_shot: float = 1e-3,
+    qualities: tuple[int, int] = (60, 95),
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The noise and compression a camera adds: signal-dependent, spatially correlated noise, then JPEG.
+
+    Noise of variance ``read**2 + shot * value`` per pixel (``read`` up to ``max_read``, ``shot`` up to
+    ``max_shot``), blurred by a Gaussian of up to 0.8 px as demosaicing and in-camera processing
+    correlate it (PolyU's real camera noise: std about 3/255, neighbouring pixels correlated ~0.8),
+    then JPEG at a quality in ``qualities``. Real photos all carry some of this; an upscaler trained
+    without it sharpens the noise into grain.
+    """
+    import cv2
+
+    from evals.synthesis import degrade
+
+    read = float(rng.uniform(0.0, max_read))
+    shot = float(rng.uniform(0.0, max_shot))
+    spread = float(rng.uniform(0.0, 0.8))
+    std = np.sqrt(read**2 + shot * np.clip(image, 0.0, 1.0)).astype(np.float32)
+    noise = rng.standard_normal(image.shape, dtype=np.float32)
+    if spread > 0.05:
+        size = 2 * int(np.ceil(3.0 * spread)) + 1
+        kernel = cv2.getGaussianKernel(size, spread)
+        gain = np.float32(1.0 / float(np.sum(kernel**2)))  # unit variance after the (separable) blur
+        noise = cv2.GaussianBlur(noise, (size, size), spread) * gain
+    noisy = np.clip(image + std * noise, 0.0, 1.0).astype(np.float32)
+    quality = int(rng.integers(qualities[0], qualities[1] + 1))
+    compressed, _ = degrade(noisy, Degradation.JPEG, rng, quality=quality)
+    return compressed, {"read": read, "shot": shot, "spread": spread, "quality": quality}
 
 
 SEVERITY_BANDS = (
@@ -148,6 +200,10 @@ TASKS: dict[str, Task] = {
             "severity",
             SEVERITY_BANDS,
             ("upscale_detail", "deblur_wiener"),
+            # Real photos read as soft carry sensor noise: half the draws add it, and some are only noisy
+            # (the upscaler must then leave detail alone rather than sharpen the grain).
+            capture_share=0.5,
+            capture_only_share=0.15,
         ),
     )
 }

@@ -391,6 +391,18 @@ def train(
     return record
 
 
+def _capture_line(task: Task) -> str:
+    """How a task's training draws add a real capture's noise (:func:`tools.learned.tasks.capture_noise`), if any."""
+    if not (task.capture_share or task.capture_only_share):
+        return "."
+    return (
+        f"; {task.capture_share:.0%} of the draws also get a real capture's noise and compression on top "
+        f"(tools.learned.tasks.capture_noise: signal-dependent, spatially correlated noise, then JPEG quality 60-95) "
+        f"and {task.capture_only_share:.0%} get only that, the target always the clean crop (validation crops are "
+        "drawn the same way; the held-out evaluation below has no capture noise)."
+    )
+
+
 def write_model_card(out: Path, record: dict[str, Any], evaluation: str | None = None) -> Path:
     """Write ``MODEL_CARD.md`` for a trained model; ``evaluation`` is the held-out table's Markdown."""
     task = ALL_TASKS[record["task"]]
@@ -414,7 +426,7 @@ def write_model_card(out: Path, record: dict[str, Any], evaluation: str | None =
             + " / ".join(f"{w:g}" for w in task.size_weights)
             + ", each sample's ranges from the default or the MiO100 preset at random, severities at random."
             if isinstance(task, MixtureTask)
-            else "."
+            else _capture_line(task)
         ),
         f"- {training.get('steps_done', training['steps'])} steps, batch {training['batch_size']}, AdamW lr "
         f"{training['lr']} cosine to {training['min_lr']}"
