@@ -323,7 +323,7 @@ def _run_assess(argv: list[str]) -> int:
     return args.func(args)
 
 
-def test_assess_cli_json(tiny_model, tmp_path, capsys):
+def test_assess_cli_json(tiny_model, tmp_path, capsys, monkeypatch):
     paths = []
     for i in range(2):
         path = tmp_path / f"photo{i}.png"
@@ -338,9 +338,13 @@ def test_assess_cli_json(tiny_model, tmp_path, capsys):
     assert set(entry["estimates"]) == {d.value for d in Degradation}
     assert "quality" in entry["estimates"]["jpeg"]["params"]
 
-    assert _run_assess(paths[:1]) == 0  # default assessor: the estimators, text output
+    monkeypatch.setenv("RESTORA_ASSESSOR", "estimators")  # without --assessor: the agent's, as the environment says
+    assert _run_assess(paths[:1]) == 0
     text = capsys.readouterr().out
     assert "photo0.png" in text and "[estimators" in text and "dominant:" in text
+    monkeypatch.setenv("RESTORA_ASSESSOR", f"saclip:{checkpoint}")
+    assert _run_assess(paths[:1]) == 0
+    assert "[saclip" in capsys.readouterr().out
 
     assert _run_assess(["--assessor", "saclip:" + str(tmp_path / "none"), *paths]) == 2
     assert "saclip_train" in capsys.readouterr().err

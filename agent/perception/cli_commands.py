@@ -4,6 +4,8 @@ The lead wires :func:`add_assess_parser` into :mod:`agent.cli`::
 
     restora assess IMAGE... [--json] [--assessor estimators|saclip[:CHECKPOINT_DIR]|hybrid[:CHECKPOINT_DIR]]
 
+Without ``--assessor`` the agent's own perception runs (:func:`~agent.perception.assessor.default_assessor`).
+
 Without ``--json`` each image gets a table (per-type probability and severity, the estimated parameters)
 and its dominant degradation; with ``--json`` one JSON object keyed by file name goes to standard output.
 """
@@ -15,7 +17,7 @@ import json
 import sys
 from typing import Any
 
-from agent.perception.assessor import make_assessor
+from agent.perception.assessor import default_assessor, make_assessor
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -70,7 +72,8 @@ def cmd_assess(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     files, failures = gathered
     try:
-        assessor = make_assessor(args.assessor)
+        # Without --assessor, the agent's own perception (what `restora run` acts on), $RESTORA_ASSESSOR honoured.
+        assessor = make_assessor(args.assessor) if args.assessor else default_assessor()
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -99,8 +102,9 @@ def add_assess_parser(subparsers: Any) -> argparse.ArgumentParser:
     assess.add_argument("--json", action="store_true", help="print one JSON object keyed by file name")
     assess.add_argument(
         "--assessor",
-        default="estimators",
-        help="estimators (default), saclip[:<checkpoint folder>] (SA-CLIP) or hybrid[:<folder>] (both averaged)",
+        default=None,
+        help="estimators, saclip[:<checkpoint folder>] (SA-CLIP) or hybrid[:<folder>] (both blended); default: the "
+        "agent's (hybrid, or $RESTORA_ASSESSOR)",
     )
     assess.set_defaults(func=cmd_assess)
     return assess
