@@ -377,12 +377,14 @@ def test_upscale_training_draws_include_capture_noise_but_its_evaluation_does_no
     assert task.capture_share > 0 and task.capture_only_share > 0
     rng = np.random.default_rng(0)
     clean = np.random.default_rng(1).random((64, 64, 3), dtype=np.float32)
-    kinds = set()
+    kinds, deblocked = set(), 0
     for _ in range(40):
         degraded, params = task.sample(clean, rng)
         assert degraded.shape == clean.shape
         kinds.add("only" if "severity" not in params else "both" if "capture" in params else "task")
+        deblocked += bool(params.get("deblocked") or params.get("capture", {}).get("deblocked"))
     assert kinds == {"only", "both", "task"}
+    assert 0 < deblocked < 40  # part of the capture draws leave through the classical deblocker, as in the agent
     _, params = task.degrade_band(clean, rng, task.bands[1])
     assert "capture" not in params and 1 / 3 <= params["severity"] <= 2 / 3
     assert get_task("denoise").capture_share == 0.0  # other tasks draw as before

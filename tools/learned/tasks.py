@@ -53,6 +53,9 @@ class Task:
     #: Share of training samples with only that capture noise (no task degradation): the model must
     #: not sharpen an image that lacks nothing but carries sensor noise.
     capture_only_share: float = 0.0
+    #: Share of the capture-noise draws then deblocked by the classical ``deblock_jpeg`` at the JPEG quality
+    #: used, as the agent's JPEG step leaves a photo before it reaches this task's tool.
+    capture_deblock_share: float = 0.0
 
     @property
     def restores(self) -> tuple[Degradation, ...]:
@@ -67,12 +70,23 @@ class Task:
         """
         draw = rng.random() if self.capture_share or self.capture_only_share else 1.0
         if draw < self.capture_only_share:
-            return capture_noise(clean, rng)
+            degraded, params = capture_noise(clean, rng)
+            return self._maybe_deblock(degraded, params, rng), params
         degraded, params = self.degrade(clean, rng, self.bands[0].low, self.bands[-1].high)
         if draw < self.capture_only_share + self.capture_share:
             degraded, capture = capture_noise(degraded, rng)
+            degraded = self._maybe_deblock(degraded, capture, rng)
             params = {**params, "capture": capture}
         return degraded, params
+
+    def _maybe_deblock(self, image: np.ndarray, capture: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
+        if not self.capture_deblock_share or rng.random() >= self.capture_deblock_share:
+            return image
+        from tools import default_registry
+
+        capture["deblocked"] = True
+        deblock = default_registry().get("deblock_jpeg")
+        return deblock(image, {"strength": 1.0, "quality": capture["quality"]}).image
 
     def degrade(
         self, clean: np.ndarray, rng: np.random.Generator, low: float, high: float
@@ -204,6 +218,7 @@ TASKS: dict[str, Task] = {
             # (the upscaler must then leave detail alone rather than sharpen the grain).
             capture_share=0.5,
             capture_only_share=0.15,
+            capture_deblock_share=0.5,
         ),
     )
 }

@@ -398,8 +398,14 @@ def _capture_line(task: Task) -> str:
     return (
         f"; {task.capture_share:.0%} of the draws also get a real capture's noise and compression on top "
         f"(tools.learned.tasks.capture_noise: signal-dependent, spatially correlated noise, then JPEG quality 60-95) "
-        f"and {task.capture_only_share:.0%} get only that, the target always the clean crop (validation crops are "
-        "drawn the same way; the held-out evaluation below has no capture noise)."
+        f"and {task.capture_only_share:.0%} get only that"
+        + (
+            f", {task.capture_deblock_share:.0%} of those then deblocked by deblock_jpeg as the agent's JPEG step does"
+            if task.capture_deblock_share
+            else ""
+        )
+        + "; the target is always the clean crop (validation crops are drawn the same way; the held-out "
+        "evaluation below has no capture noise)."
     )
 
 
