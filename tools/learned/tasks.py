@@ -215,7 +215,8 @@ TASKS: dict[str, Task] = {
             SEVERITY_BANDS,
             ("upscale_detail", "deblur_wiener"),
             # Real photos read as soft carry sensor noise: half the draws add it, and some are only noisy
-            # (the upscaler must then leave detail alone rather than sharpen the grain).
+            # (the upscaler must then leave detail alone rather than sharpen the grain); half of those noisy
+            # draws are deblocked first, as the agent's JPEG step leaves a photo before the upscaler.
             capture_share=0.5,
             capture_only_share=0.15,
             capture_deblock_share=0.5,

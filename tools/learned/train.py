@@ -400,7 +400,8 @@ def _capture_line(task: Task) -> str:
         f"(tools.learned.tasks.capture_noise: signal-dependent, spatially correlated noise, then JPEG quality 60-95) "
         f"and {task.capture_only_share:.0%} get only that"
         + (
-            f", {task.capture_deblock_share:.0%} of those then deblocked by deblock_jpeg as the agent's JPEG step does"
+            f"; {task.capture_deblock_share:.0%} of all these noisy draws are then deblocked by deblock_jpeg, as "
+            "the agent's JPEG step leaves a photo"
             if task.capture_deblock_share
             else ""
         )
