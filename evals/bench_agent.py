@@ -54,6 +54,32 @@ def build_set(shared: Path, per_combo: int, seed: int, split_name: str = "evalua
     return items
 
 
+def select_combos(keys: list[str]) -> set[str]:
+    """The MiO100 combinations named by ``keys``.
+
+    A key is a combination (``"A2"``) or a degradation name, which selects every combination holding it.
+
+    Raises:
+        ValueError: for a key that is neither.
+    """
+    from agent.degradations import parse_degradation
+    from evals.synthesis import MIO100_COMBINATIONS
+
+    chosen: set[str] = set()
+    for key in keys:
+        if key.upper() in MIO100_COMBINATIONS:
+            chosen.add(key.upper())
+            continue
+        try:
+            kind = parse_degradation(key)
+        except ValueError:
+            raise ValueError(
+                f"{key!r} is neither a MiO100 combination ({', '.join(MIO100_COMBINATIONS)}) nor a degradation name"
+            ) from None
+        chosen |= {combo for combo, kinds in MIO100_COMBINATIONS.items() if kind in kinds}
+    return chosen
+
+
 def _results(run: str | Path) -> list[dict[str, Any]]:
     path = Path(run)
     return json.loads((path / "results.json" if path.is_dir() else path).read_text())
@@ -63,7 +89,8 @@ def compare_results(runs_a: list[str | Path], runs_b: list[str | Path], tie: flo
     """Paired comparison of benchmark runs: B against A, image by image, pooled over the pairs of runs.
 
     ``runs_a[i]`` and ``runs_b[i]`` (``results.json`` files or the folders holding them) must be the same
-    images (same seed, split and per-combo); images are matched by name within each pair.
+    images (same seed, split and per-combo); images are matched by name within each pair. One side may be a
+    ``--combos`` subset of the other: the images of the smaller run are compared.
 
     Returns:
         ``n``, the mean output PSNR gain of each side over the inputs, the mean and extremes of the
@@ -76,13 +103,19 @@ def compare_results(runs_a: list[str | Path], runs_b: list[str | Path], tie: flo
         raise ValueError("give as many runs to compare against as runs to compare (paired by position)")
     pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
     for run_a, run_b in zip(runs_a, runs_b, strict=True):
-        by_stem = {row["stem"]: row for row in _results(run_b)}
-        for row in _results(run_a):
-            if row["stem"] not in by_stem:
-                raise ValueError(f"{run_b} has no image {row['stem']}: the runs were made on different sets")
-            if abs(row["psnr_in"] - by_stem[row["stem"]]["psnr_in"]) > 1e-6:
+        rows_a, rows_b = _results(run_a), _results(run_b)
+        by_stem_a = {row["stem"]: row for row in rows_a}
+        by_stem_b = {row["stem"]: row for row in rows_b}
+        if len(rows_a) <= len(rows_b):
+            smaller, larger, larger_run = rows_a, by_stem_b, run_b
+        else:
+            smaller, larger, larger_run = rows_b, by_stem_a, run_a
+        for row in smaller:
+            if row["stem"] not in larger:
+                raise ValueError(f"{larger_run} has no image {row['stem']}: the runs were made on different sets")
+            if abs(row["psnr_in"] - larger[row["stem"]]["psnr_in"]) > 1e-6:
                 raise ValueError(f"{row['stem']} differs between {run_a} and {run_b}: not the same degraded image")
-            pairs.append((row, by_stem[row["stem"]]))
+            pairs.append((by_stem_a[row["stem"]], by_stem_b[row["stem"]]))
     diff = np.array([b["psnr_out"] - a["psnr_out"] for a, b in pairs])
     changed = np.abs(diff) > tie
     p_value = float(wilcoxon(diff[changed]).pvalue) if changed.sum() >= 2 else 1.0
@@ -135,6 +168,13 @@ def main(argv: list[str] | None = None) -> int:
         "--assessor", default=None, help="estimators | saclip[:<folder>] | hybrid[:<folder>] (default: the agent's)"
     )
     parser.add_argument("--limit", type=int, default=None, help="only the first N images (smoke test)")
+    parser.add_argument(
+        "--combos",
+        nargs="+",
+        default=None,
+        metavar="KEY",
+        help="only these combinations (e.g. A2 B1) or those holding these degradations (e.g. motion_blur)",
+    )
     parser.add_argument("--report", default=None, help="only print the tables of an earlier results.json")
     parser.add_argument("--compare", nargs="+", default=None, metavar="RUN", help="runs A (results.json or folders)")
     parser.add_argument("--against", nargs="+", default=None, metavar="RUN", help="runs B, paired with --compare")
@@ -176,7 +216,15 @@ def main(argv: list[str] | None = None) -> int:
     if not (shared / "data" / "clean").is_dir():
         print(f"error: {shared}/data/clean not found; pass --shared", file=sys.stderr)
         return 2
-    items = build_set(shared, args.per_combo, args.seed, split_name=args.split)[: args.limit]
+    items = build_set(shared, args.per_combo, args.seed, split_name=args.split)
+    if args.combos:
+        try:
+            wanted = select_combos(args.combos)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        items = [item for item in items if item["combo"] in wanted]
+    items = items[: args.limit]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     from policies import load_policy
@@ -203,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
 
         assessor = make_assessor(args.assessor)
     context = RunContext(policy=policy, assessor=assessor, step_scorer=reference_gain if args.reference_score else None)
-    context.iqa.score(np.zeros((64, 64, 3), np.float32))  # load the metrics before timing
+    # load the metrics before timing (NIQE needs at least two of its 96-px blocks per side)
+    context.iqa.score(np.random.default_rng(0).random((192, 192, 3), dtype=np.float32))
     rows = []
     for i, item in enumerate(tqdm(items, desc="benchmark", unit="img", file=sys.stderr)):
         stem = f"{i:03d}_{item['combo']}_{Path(item['name']).stem}"

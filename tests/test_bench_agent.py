@@ -45,3 +45,28 @@ def test_compare_refuses_runs_made_on_different_images(tmp_path, capsys):
         compare_results([a], [])
     assert main(["--compare", str(a), "--against", str(other)]) == 2
     assert "not the same degraded image" in capsys.readouterr().err
+
+
+def test_a_combos_subset_is_compared_on_its_own_images(tmp_path):
+    full = _write(tmp_path / "full", [21.0, 22.0, 23.0])
+    rows = json.loads((full / "results.json").read_text())
+    subset = tmp_path / "subset"
+    subset.mkdir()
+    (subset / "results.json").write_text(json.dumps([{**rows[1], "psnr_out": 23.0}]))
+    for a, b, expected in ((full, subset, 1.0), (subset, full, -1.0)):
+        result = compare_results([a], [b])
+        assert result["n"] == 1 and result["mean_difference"] == pytest.approx(expected)
+    (subset / "results.json").write_text(json.dumps([{**rows[1], "stem": "999_A1_other"}]))
+    with pytest.raises(ValueError, match="different sets"):
+        compare_results([full], [subset])
+
+
+def test_combos_are_chosen_by_key_or_by_the_degradations_they_hold():
+    from evals.bench_agent import select_combos
+
+    assert select_combos(["a2", "B1"]) == {"A2", "B1"}
+    assert select_combos(["motion_blur"]) == {"A2", "A7", "B1", "C1", "C4"}
+    assert select_combos(["rain", "C3"]) == {"A1", "A6", "B4", "C2", "C3"}
+    with pytest.raises(ValueError, match="neither a MiO100 combination"):
+        select_combos(["Z9"])
+    assert main(["--combos", "Z9", "--shared", "/nonexistent"]) == 2

@@ -388,3 +388,63 @@ def test_upscale_training_draws_include_capture_noise_but_its_evaluation_does_no
     _, params = task.degrade_band(clean, rng, task.bands[1])
     assert "capture" not in params and 1 / 3 <= params["severity"] <= 2 / 3
     assert get_task("denoise").capture_share == 0.0  # other tasks draw as before
+
+
+def test_in_context_draws_keep_earlier_scene_effects_in_the_target_and_restore_later_ones():
+    from agent.degradations import Degradation
+    from tools.learned.tasks import Task, get_task, restored_context
+
+    rng = np.random.default_rng(0)
+    clean = np.random.default_rng(1).random((48, 48, 3), dtype=np.float32)
+    plain = get_task("defocus_deblur")
+    degraded, target, _ = plain.sample_pair(clean, rng)
+    assert target is clean and degraded.shape == clean.shape  # no context: the clean crop is the target
+    task = Task(
+        "motion_deblur",
+        Degradation.MOTION_BLUR,
+        "test",
+        "severity",
+        get_task("motion_deblur").bands,
+        ("deblur_wiener",),
+        context_share=1.0,
+        context_kept=(Degradation.HAZE,),
+        context_after=(Degradation.JPEG,),
+        context_only_share=0.5,
+    )
+    seen_haze = seen_own = seen_only = 0
+    for _ in range(30):
+        degraded, target, params = task.sample_pair(clean, rng)
+        assert degraded.shape == target.shape == clean.shape
+        assert params["context"]  # an in-context draw always carries some context
+        if "haze" in params["context"]:
+            seen_haze += 1
+            assert np.abs(target - clean).mean() > 0.01  # haze stays for the dehazing step
+        else:
+            assert target is clean
+        seen_own += params["own"]
+        seen_only += not params["own"]
+    assert seen_haze and seen_own and seen_only
+    compressed = rng.random((64, 64, 3), dtype=np.float32)
+    from evals.synthesis import degrade
+
+    jpeg_only, _ = degrade(compressed, Degradation.JPEG, np.random.default_rng(5))
+    deblocked = restored_context(compressed, [Degradation.JPEG], np.random.default_rng(5))
+    assert not np.allclose(deblocked, jpeg_only)  # the JPEG step was undone by the classical deblocker
+    assert get_task("motion_deblur").context_share > 0
+
+
+def test_init_from_another_tasks_weights_needs_the_flag(tmp_path):
+    from tools.learned.train import TrainSettings, reproduce_command, train
+
+    shared = _fake_shared(tmp_path / "shared")
+    first = tmp_path / "first"
+    settings = TrainSettings(task="defocus_deblur", steps=1, batch_size=2, crop=24, val_images=1, val_every=1)
+    train(settings, shared, first, model_config=TINY.to_dict(), progress=False, checkpoint_dir=tmp_path / "ck1")
+    with pytest.raises(ValueError, match="--init-other-task"):
+        train(TrainSettings(task="motion_deblur", init_from=str(first)), shared, tmp_path / "x", progress=False)
+    settings = TrainSettings(
+        task="motion_deblur", steps=1, batch_size=2, crop=24, val_images=1, init_from=str(first), init_other_task=True
+    )
+    record = train(settings, shared, tmp_path / "second", progress=False, checkpoint_dir=tmp_path / "ck2")
+    assert record["initialised_from"]["folder"] == str(first)
+    assert "--init-other-task" in reproduce_command("motion_deblur", record["training"], record["model"])

@@ -56,6 +56,20 @@ class Task:
     #: Share of the capture-noise draws then deblocked by the classical ``deblock_jpeg`` at the JPEG quality
     #: used, as the agent's JPEG step leaves a photo before it reaches this task's tool.
     capture_deblock_share: float = 0.0
+    #: Share of training samples drawn inside a mixture, as the agent meets this task's degradation after
+    #: undoing the ones that arose later (:meth:`sample_pair`); 0 trains on the degradation alone.
+    context_share: float = 0.0
+    #: Scene degradations that arise before this one and that later agent steps undo: applied first and
+    #: left in the target (e.g. haze under rain streaks).
+    context_kept: tuple[Degradation, ...] = ()
+    #: Degradations that arise before this one and that the model removes with it (e.g. defocus under motion blur).
+    context_removed: tuple[Degradation, ...] = ()
+    #: Degradations that arise after this one, which the agent undoes first: applied, then restored by the
+    #: classical tool the agent would run (:func:`restored_context`), so the model sees what that step leaves.
+    context_after: tuple[Degradation, ...] = ()
+    #: Share of the in-context draws without this task's degradation (only the context): the model must leave
+    #: an image without it alone.
+    context_only_share: float = 0.0
 
     @property
     def restores(self) -> tuple[Degradation, ...]:
@@ -78,6 +92,39 @@ class Task:
             degraded = self._maybe_deblock(degraded, capture, rng)
             params = {**params, "capture": capture}
         return degraded, params
+
+    def sample_pair(self, clean: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """A training pair ``(degraded, target, params)``.
+
+        With :attr:`context_share`, a draw is placed in a mixture: kept context degradations are applied
+        first and stay in the target, removed ones follow (the target lacks them), then this task's
+        degradation (skipped in :attr:`context_only_share` of those draws), then later degradations
+        restored as the agent's earlier steps would (:func:`restored_context`). Otherwise the target is
+        ``clean`` and the draw is :meth:`sample`'s.
+        """
+        if not self.context_share or rng.random() >= self.context_share:
+            degraded, params = self.sample(clean, rng)
+            return degraded, clean, params
+        from evals.synthesis import degrade
+
+        target, applied = clean, []
+        for kind in self.context_kept:
+            if rng.random() < CONTEXT_CHANCE:
+                target, _ = degrade(target, kind, rng)
+                applied.append(kind.value)
+        image = target
+        for kind in self.context_removed:
+            if rng.random() < CONTEXT_CHANCE:
+                image, _ = degrade(image, kind, rng)
+                applied.append(kind.value)
+        own = rng.random() >= self.context_only_share
+        if own:
+            image, _ = self.degrade(image, rng, self.bands[0].low, self.bands[-1].high)
+        after = [kind for kind in self.context_after if rng.random() < CONTEXT_CHANCE]
+        if not applied and not after and self.context_after:
+            after = [self.context_after[int(rng.integers(len(self.context_after)))]]
+        image = restored_context(image, after, rng)
+        return image, target, {"context": applied + [kind.value for kind in after], "own": own}
 
     def _maybe_deblock(self, image: np.ndarray, capture: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
         if not self.capture_deblock_share or rng.random() >= self.capture_deblock_share:
@@ -150,6 +197,35 @@ def capture_noise(
     return compressed, {"read": read, "shot": shot, "spread": spread, "quality": quality}
 
 
+#: Chance of each context degradation in an in-context draw (at least one is always applied).
+CONTEXT_CHANCE = 0.3
+
+
+def restored_context(image: np.ndarray, kinds: list[Degradation], rng: np.random.Generator) -> np.ndarray:
+    """Apply ``kinds`` (in physical order) and undo each roughly as the agent's classical step would.
+
+    Low resolution stays a bicubic upsampling (the worst upscaler); JPEG is deblocked by ``deblock_jpeg``
+    at the quality used; noise is removed by ``denoise_dct`` given its true sigma (its residue is what a
+    later step meets); low light is darkened and brightened back by ``lowlight_retinex`` (the shadows lose
+    their quantisation steps). Anything else is applied unrestored.
+    """
+    from agent.degradations import PHYSICAL_ORDER
+    from evals.synthesis import degrade
+    from tools import default_registry
+
+    registry = default_registry()
+    for kind in sorted(set(kinds), key=PHYSICAL_ORDER.index):
+        image, applied = degrade(image, kind, rng)
+        if kind is Degradation.JPEG:
+            image = registry.get("deblock_jpeg")(image, {"strength": 1.0, "quality": applied["quality"]}).image
+        elif kind is Degradation.NOISE:
+            params = {"strength": 1.0, "sigma": min(float(applied["sigma"]), 0.3), "poisson": bool(applied["poisson"])}
+            image = registry.get("denoise_dct")(image, params).image
+        elif kind is Degradation.LOW_LIGHT:
+            image = registry.get("lowlight_retinex")(image, {"strength": 1.0}).image
+    return np.clip(image, 0.0, 1.0).astype(np.float32)
+
+
 SEVERITY_BANDS = (
     Band("severity 0-0.33", 0.0, 1 / 3),
     Band("severity 0.33-0.67", 1 / 3, 2 / 3),
@@ -194,10 +270,18 @@ TASKS: dict[str, Task] = {
         Task(
             "motion_deblur",
             Degradation.MOTION_BLUR,
-            "blind removal of linear motion blur (5-25 px, any direction)",
+            "blind removal of linear motion blur (5-25 px, any direction), alone or inside a mixture",
             "severity",
             SEVERITY_BANDS,
             ("deblur_wiener",),
+            # Inside mixtures the blind Wiener step finds no reliable kernel and the blur stays: half the
+            # draws carry what the agent leaves at this step (haze kept for dehazing later, defocus removed
+            # too, lower resolution, JPEG, noise and low light undone by the classical tools first).
+            context_share=0.5,
+            context_kept=(Degradation.HAZE,),
+            context_removed=(Degradation.DEFOCUS_BLUR,),
+            context_after=(Degradation.LOW_RESOLUTION, Degradation.LOW_LIGHT, Degradation.NOISE, Degradation.JPEG),
+            context_only_share=0.1,
         ),
         Task(
             "defocus_deblur",
@@ -270,6 +354,11 @@ class MixtureTask:
         weights = np.asarray(self.size_weights, dtype=float)
         count = 1 + int(rng.choice(len(weights), p=weights / weights.sum()))
         return self.mix(clean, rng, count)
+
+    def sample_pair(self, clean: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """A training pair ``(degraded, target, params)``: a random mixture and the clean image."""
+        degraded, params = self.sample(clean, rng)
+        return degraded, clean, params
 
     def mix(self, clean: np.ndarray, rng: np.random.Generator, count: int) -> tuple[np.ndarray, dict[str, Any]]:
         """Degrade ``clean`` with ``count`` distinct random types, each at a random severity."""

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from tools.learned.tasks import ALL_TASKS, MixtureTask, Task, get_task, has_weights, weights_dir
+from tools.learned.tasks import ALL_TASKS, CONTEXT_CHANCE, MixtureTask, Task, get_task, has_weights, weights_dir
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,9 @@ class TrainSettings:
     workers: int = 0
     time_budget_s: float | None = None
     init_from: str | None = None
+    #: Accept ``init_from`` weights trained for another task (e.g. a motion deblurrer started from the
+    #: defocus deblurrer); the architecture then comes from there too.
+    init_other_task: bool = False
 
 
 def split_images(names: list[str], val_images: int, seed: int) -> dict[str, list[str]]:
@@ -78,13 +81,16 @@ def random_crop(image: np.ndarray, crop: int, rng: np.random.Generator) -> np.nd
 def make_batch(
     task: Task | MixtureTask, images: list[np.ndarray], batch_size: int, crop: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Degraded and clean patches, each ``(B, 3, crop, crop)`` float32."""
+    """Degraded and target patches, each ``(B, 3, crop, crop)`` float32.
+
+    The target is the clean crop, or what the task leaves of a mixture (:meth:`Task.sample_pair`).
+    """
     degraded, clean = [], []
     for _ in range(batch_size):
         patch = random_crop(images[int(rng.integers(len(images)))], crop, rng)
-        noisy, _ = task.sample(patch, rng)
+        noisy, target, _ = task.sample_pair(patch, rng)
         degraded.append(noisy.transpose(2, 0, 1))
-        clean.append(patch.transpose(2, 0, 1))
+        clean.append(target.transpose(2, 0, 1))
     return np.stack(degraded).astype(np.float32), np.stack(clean).astype(np.float32)
 
 
@@ -153,9 +159,9 @@ def validation_set(
     for image in images:
         for _ in range(2):
             patch = random_crop(image, min(crop, *image.shape[:2]), rng)
-            noisy, _ = task.sample(patch, rng)
+            noisy, target, _ = task.sample_pair(patch, rng)
             degraded.append(noisy.transpose(2, 0, 1))
-            clean.append(patch.transpose(2, 0, 1))
+            clean.append(target.transpose(2, 0, 1))
     return np.stack(degraded).astype(np.float32), np.stack(clean).astype(np.float32)
 
 
@@ -257,8 +263,11 @@ def train(
         if not has_weights(start):
             raise FileNotFoundError(f"--init-from {start}: no config.json and model.safetensors there")
         initial = json.loads((start / "config.json").read_text())
-        if initial.get("task") != settings.task:
-            raise ValueError(f"{settings.init_from} holds a {initial.get('task')!r} model, not {settings.task!r}")
+        if initial.get("task") != settings.task and not settings.init_other_task:
+            raise ValueError(
+                f"{settings.init_from} holds a {initial.get('task')!r} model, not {settings.task!r} "
+                "(--init-other-task starts from it anyway)"
+            )
         model_config = initial["model"]
     torch.manual_seed(settings.seed)
     config = NAFNetConfig.from_dict(model_config) if model_config else NAFNetConfig()
@@ -410,6 +419,24 @@ def _capture_line(task: Task) -> str:
     )
 
 
+def _context_line(task: Task) -> str:
+    """How a task's training draws place its degradation inside mixtures (:meth:`Task.sample_pair`), if they do."""
+    if not task.context_share:
+        return ""
+
+    def kinds(items: tuple) -> str:
+        return ", ".join(kind.value for kind in items) or "none"
+
+    return (
+        f" {task.context_share:.0%} of the draws are placed inside a mixture, as the agent meets this "
+        f"degradation: each of the other degradations with chance {CONTEXT_CHANCE:.0%} (at least one), "
+        f"applied first and kept in the target ({kinds(task.context_kept)}), applied first and removed too "
+        f"({kinds(task.context_removed)}), or applied after it and undone by the classical tool the agent "
+        f"runs first ({kinds(task.context_after)}: low resolution left as a bicubic upsampling); "
+        f"{task.context_only_share:.0%} of those draws lack the task's own degradation."
+    )
+
+
 def write_model_card(out: Path, record: dict[str, Any], evaluation: str | None = None) -> Path:
     """Write ``MODEL_CARD.md`` for a trained model; ``evaluation`` is the held-out table's Markdown."""
     task = ALL_TASKS[record["task"]]
@@ -433,7 +460,7 @@ def write_model_card(out: Path, record: dict[str, Any], evaluation: str | None =
             + " / ".join(f"{w:g}" for w in task.size_weights)
             + ", each sample's ranges from the default or the MiO100 preset at random, severities at random."
             if isinstance(task, MixtureTask)
-            else _capture_line(task)
+            else _capture_line(task) + _context_line(task)
         ),
         f"- {training.get('steps_done', training['steps'])} steps, batch {training['batch_size']}, AdamW lr "
         f"{training['lr']} cosine to {training['min_lr']}"
@@ -478,6 +505,8 @@ def reproduce_command(task: str, training: dict[str, Any], model: dict[str, Any]
         if name == "steps" or (value is not None and value != getattr(defaults, name)):
             flag = {"time_budget_s": "--time-budget"}.get(name, "--" + name.replace("_", "-"))
             parts.append(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}")
+    if training.get("init_other_task"):
+        parts.append("--init-other-task")
     from tools.learned.nafnet import NAFNetConfig
 
     default_model = NAFNetConfig().to_dict()
@@ -519,6 +548,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--init-from", default=None, help="weights folder to start from (new optimiser and schedule; e.g. shipped)"
     )
+    parser.add_argument(
+        "--init-other-task", action="store_true", help="accept --init-from weights trained for another task"
+    )
     parser.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation afterwards")
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N held-out images")
     args = parser.parse_args(argv)
@@ -540,6 +572,7 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         time_budget_s=args.time_budget,
         init_from=args.init_from,
+        init_other_task=args.init_other_task,
     )
     out = args.out or weights_dir(args.task)
     architecture = {
