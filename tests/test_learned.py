@@ -448,3 +448,18 @@ def test_init_from_another_tasks_weights_needs_the_flag(tmp_path):
     record = train(settings, shared, tmp_path / "second", progress=False, checkpoint_dir=tmp_path / "ck2")
     assert record["initialised_from"]["folder"] == str(first)
     assert "--init-other-task" in reproduce_command("motion_deblur", record["training"], record["model"])
+
+
+def test_a_task_trained_in_mixtures_is_also_evaluated_in_mixtures(tmp_path):
+    from tools.learned.evaluate import evaluate, markdown_table
+    from tools.learned.train import save_weights
+
+    shared = _fake_shared(tmp_path / "shared")
+    save_weights(_perturbed(TINY), tmp_path / "motion", {"model": TINY.to_dict(), "task": "motion_deblur"})
+    results = evaluate("motion_deblur", tmp_path / "motion", shared, limit=1, crop=48)
+    labels = list(results["bands"])
+    assert labels[:3] == ["severity 0-0.33", "severity 0.33-0.67", "severity 0.67-1"]
+    assert labels[3:] == [f"in mixtures: {label}" for label in labels[:3]]
+    row = results["bands"]["in mixtures: severity 0.67-1"]
+    assert row["best_classical"] == "deblur_wiener" and np.isfinite(row["learned"])
+    assert "in mixtures: severity 0-0.33" in markdown_table(results)

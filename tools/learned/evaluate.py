@@ -4,11 +4,12 @@ Run ``python -m tools.learned.evaluate --task denoise [--write-card]``.
 
 Images come from the EVALUATION split only (LIVE1_color, McMaster, Set14; never used in training),
 cropped to ``--crop`` pixels. Each image is degraded once per severity band of the task with a fixed
-seed. The learned model runs blind; each classical tool runs twice: with the parameters its
-``suggest()`` derives from the perception estimators' report of the degraded image (as in the agent;
-this is the comparison that counts) and with those derived from the *true* degradation (an oracle
-report, their best case). PSNR is measured on the BT.601 Y
-channel (:func:`evals.metrics.psnr`).
+seed; a task trained inside mixtures (``context_share``) is also scored per band inside random mixtures,
+against what it should leave of them (rows "in mixtures: ..."). The learned model runs blind; each
+classical tool runs twice: with the parameters its ``suggest()`` derives from the perception estimators'
+report of the degraded image (as in the agent; this is the comparison that counts) and with those derived
+from the *true* degradation (an oracle report, their best case). PSNR is measured on the BT.601 Y channel
+(:func:`evals.metrics.psnr`).
 """
 
 from __future__ import annotations
@@ -60,6 +61,13 @@ def evaluate(
             label = prefix + band.label
             bands[label] = _score_band(judge, band_index, images, learned, assessor, seed, learned_seconds)
             logger.info("%s %s: %s", task_name, label, bands[label])
+    if isinstance(task, Task) and task.context_share:
+        for band_index, band in enumerate(task.bands):
+            label = f"in mixtures: {band.label}"
+            bands[label] = _score_band(
+                task, band_index, images, learned, assessor, seed, learned_seconds, in_mixtures=True
+            )
+            logger.info("%s %s: %s", task_name, label, bands[label])
     return {
         "task": task_name,
         "images": len(images),
@@ -78,8 +86,13 @@ def _score_band(
     assessor: Any,
     seed: int,
     learned_seconds: list[float],
+    in_mixtures: bool = False,
 ) -> dict[str, Any]:
-    """One band of ``judge``: mean PSNR-Y of the input, each classical rival (estimated and oracle) and ``learned``."""
+    """One band of ``judge``: mean PSNR-Y of the input, each classical rival (estimated and oracle) and ``learned``.
+
+    With ``in_mixtures`` each image is degraded inside a random mixture (:meth:`Task.in_context`, as the
+    agent meets the degradation) and every output is scored against what the task should leave of it.
+    """
     from evals.metrics import psnr
     from tools import default_registry
 
@@ -91,19 +104,25 @@ def _score_band(
         scores[tool.spec.name] = []
         scores[f"{tool.spec.name} (oracle)"] = []
     for image_index, (_, clean) in enumerate(images):
-        rng = np.random.default_rng([seed, band_index, image_index])
-        degraded, applied = judge.degrade_band(clean, rng, band)
-        scores["input"].append(psnr(degraded, clean))
+        if in_mixtures:
+            rng = np.random.default_rng([seed, 100 + band_index, image_index])
+            degraded, reference, params = judge.in_context(clean, rng, band=band)
+            applied = params["applied"]
+        else:
+            rng = np.random.default_rng([seed, band_index, image_index])
+            degraded, applied = judge.degrade_band(clean, rng, band)
+            reference = clean
+        scores["input"].append(psnr(degraded, reference))
         oracle = oracle_report(judge.degradation, applied)
         estimated = assessor.assess(degraded)
         for tool in classical:
             result = tool(degraded, tool.suggest(estimated, judge.degradation))
-            scores[tool.spec.name].append(psnr(result.image, clean))
+            scores[tool.spec.name].append(psnr(result.image, reference))
             result = tool(degraded, tool.suggest(oracle, judge.degradation))
-            scores[f"{tool.spec.name} (oracle)"].append(psnr(result.image, clean))
+            scores[f"{tool.spec.name} (oracle)"].append(psnr(result.image, reference))
         result = learned(degraded)
         learned_seconds.append(result.seconds)
-        scores["learned"].append(psnr(result.image, clean))
+        scores["learned"].append(psnr(result.image, reference))
     means = {name: float(np.mean(values)) for name, values in scores.items()}
     best = max((t.spec.name for t in classical), key=lambda name: means[name])
     best_oracle = max((f"{t.spec.name} (oracle)" for t in classical), key=lambda name: means[name])

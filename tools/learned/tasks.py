@@ -105,6 +105,23 @@ class Task:
         if not self.context_share or rng.random() >= self.context_share:
             degraded, params = self.sample(clean, rng)
             return degraded, clean, params
+        return self.in_context(clean, rng, own=None)
+
+    def in_context(
+        self, clean: np.ndarray, rng: np.random.Generator, own: bool | None = True, band: Band | None = None
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """``clean`` degraded inside a random mixture, and what this task's model should make of it.
+
+        Kept context degradations are applied first and stay in the target, removed ones follow, then this
+        task's degradation (when ``own``, or with chance ``1 - context_only_share`` when ``None``; over
+        ``band``, else the whole range), then later degradations
+        restored as the agent's earlier steps would (:func:`restored_context`); at least one context
+        degradation is always applied.
+
+        Returns:
+            ``(degraded, target, params)``; ``params["context"]`` lists the context degradations and
+            ``params["applied"]`` holds this task's synthesis parameters (empty when not ``own``).
+        """
         from evals.synthesis import degrade
 
         target, applied = clean, []
@@ -117,14 +134,17 @@ class Task:
             if rng.random() < CONTEXT_CHANCE:
                 image, _ = degrade(image, kind, rng)
                 applied.append(kind.value)
-        own = rng.random() >= self.context_only_share
+        own_params: dict[str, Any] = {}
+        if own is None:
+            own = rng.random() >= self.context_only_share
         if own:
-            image, _ = self.degrade(image, rng, self.bands[0].low, self.bands[-1].high)
+            low, high = (band.low, band.high) if band is not None else (self.bands[0].low, self.bands[-1].high)
+            image, own_params = self.degrade(image, rng, low, high)
         after = [kind for kind in self.context_after if rng.random() < CONTEXT_CHANCE]
         if not applied and not after and self.context_after:
             after = [self.context_after[int(rng.integers(len(self.context_after)))]]
         image = restored_context(image, after, rng)
-        return image, target, {"context": applied + [kind.value for kind in after], "own": own}
+        return image, target, {"context": applied + [kind.value for kind in after], "own": own, "applied": own_params}
 
     def _maybe_deblock(self, image: np.ndarray, capture: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
         if not self.capture_deblock_share or rng.random() >= self.capture_deblock_share:
