@@ -44,6 +44,7 @@ def build_set(shared: Path, per_combo: int, seed: int, split_name: str = "evalua
             synth = synthesize(clean, list(degradations), seed=seed * 1000 + k * 10 + j, preset="mio100")
             items.append(
                 {
+                    "index": k * per_combo + j,
                     "combo": combo,
                     "name": name,
                     "clean": clean,
@@ -111,11 +112,12 @@ def compare_results(runs_a: list[str | Path], runs_b: list[str | Path], tie: flo
         else:
             smaller, larger, larger_run = rows_b, by_stem_a, run_a
         for row in smaller:
-            if row["stem"] not in larger:
+            key = row["stem"]
+            if key not in larger:
                 raise ValueError(f"{larger_run} has no image {row['stem']}: the runs were made on different sets")
-            if abs(row["psnr_in"] - larger[row["stem"]]["psnr_in"]) > 1e-6:
+            if abs(row["psnr_in"] - larger[key]["psnr_in"]) > 1e-6:
                 raise ValueError(f"{row['stem']} differs between {run_a} and {run_b}: not the same degraded image")
-            pairs.append((by_stem_a[row["stem"]], by_stem_b[row["stem"]]))
+            pairs.append((by_stem_a[key], by_stem_b[key]))
     diff = np.array([b["psnr_out"] - a["psnr_out"] for a, b in pairs])
     changed = np.abs(diff) > tie
     p_value = float(wilcoxon(diff[changed]).pvalue) if changed.sum() >= 2 else 1.0
@@ -254,8 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     # load the metrics before timing (NIQE needs at least two of its 96-px blocks per side)
     context.iqa.score(np.random.default_rng(0).random((192, 192, 3), dtype=np.float32))
     rows = []
-    for i, item in enumerate(tqdm(items, desc="benchmark", unit="img", file=sys.stderr)):
-        stem = f"{i:03d}_{item['combo']}_{Path(item['name']).stem}"
+    for item in tqdm(items, desc="benchmark", unit="img", file=sys.stderr):
+        stem = f"{item['index']:03d}_{item['combo']}_{Path(item['name']).stem}"  # the same in --combos subsets
         current["clean"] = item["clean"]
         input_path = out / "inputs" / f"{stem}.png"
         save_image(item["degraded"], input_path)
