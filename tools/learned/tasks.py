@@ -302,6 +302,10 @@ TASKS: dict[str, Task] = {
             context_removed=(Degradation.DEFOCUS_BLUR,),
             context_after=(Degradation.LOW_RESOLUTION, Degradation.LOW_LIGHT, Degradation.NOISE, Degradation.JPEG),
             context_only_share=0.1,
+            # Real photos misread as motion-blurred carry sensor noise it must not sharpen (as the upscaler).
+            capture_share=0.3,
+            capture_only_share=0.15,
+            capture_deblock_share=0.5,
         ),
         Task(
             "defocus_deblur",
