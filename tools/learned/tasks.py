@@ -114,9 +114,8 @@ class Task:
 
         Kept context degradations are applied first and stay in the target, removed ones follow, then this
         task's degradation (when ``own``, or with chance ``1 - context_only_share`` when ``None``; over
-        ``band``, else the whole range), then later degradations
-        restored as the agent's earlier steps would (:func:`restored_context`); at least one context
-        degradation is always applied.
+        ``band``, else the whole range), then later degradations restored as the agent's earlier steps
+        would (:func:`restored_context`); at least one context degradation is always applied.
 
         Returns:
             ``(degraded, target, params)``; ``params["context"]`` lists the context degradations and
@@ -124,16 +123,16 @@ class Task:
         """
         from evals.synthesis import degrade
 
-        target, applied = clean, []
+        target, before = clean, []
         for kind in self.context_kept:
             if rng.random() < CONTEXT_CHANCE:
                 target, _ = degrade(target, kind, rng)
-                applied.append(kind.value)
+                before.append(kind.value)
         image = target
         for kind in self.context_removed:
             if rng.random() < CONTEXT_CHANCE:
                 image, _ = degrade(image, kind, rng)
-                applied.append(kind.value)
+                before.append(kind.value)
         own_params: dict[str, Any] = {}
         if own is None:
             own = rng.random() >= self.context_only_share
@@ -141,19 +140,16 @@ class Task:
             low, high = (band.low, band.high) if band is not None else (self.bands[0].low, self.bands[-1].high)
             image, own_params = self.degrade(image, rng, low, high)
         after = [kind for kind in self.context_after if rng.random() < CONTEXT_CHANCE]
-        if not applied and not after and self.context_after:
+        if not before and not after and self.context_after:
             after = [self.context_after[int(rng.integers(len(self.context_after)))]]
         image = restored_context(image, after, rng)
-        return image, target, {"context": applied + [kind.value for kind in after], "own": own, "applied": own_params}
+        return image, target, {"context": before + [kind.value for kind in after], "own": own, "applied": own_params}
 
     def _maybe_deblock(self, image: np.ndarray, capture: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
         if not self.capture_deblock_share or rng.random() >= self.capture_deblock_share:
             return image
-        from tools import default_registry
-
         capture["deblocked"] = True
-        deblock = default_registry().get("deblock_jpeg")
-        return deblock(image, {"strength": 1.0, "quality": capture["quality"]}).image
+        return deblocked(image, capture["quality"])
 
     def degrade(
         self, clean: np.ndarray, rng: np.random.Generator, low: float, high: float
@@ -217,6 +213,13 @@ def capture_noise(
     return compressed, {"read": read, "shot": shot, "spread": spread, "quality": quality}
 
 
+def deblocked(image: np.ndarray, quality: float) -> np.ndarray:
+    """``image`` deblocked by the classical ``deblock_jpeg`` at full strength, told the JPEG ``quality``."""
+    from tools import default_registry
+
+    return default_registry().get("deblock_jpeg")(image, {"strength": 1.0, "quality": quality}).image
+
+
 #: Chance of each context degradation in an in-context draw (at least one is always applied).
 CONTEXT_CHANCE = 0.3
 
@@ -237,7 +240,7 @@ def restored_context(image: np.ndarray, kinds: list[Degradation], rng: np.random
     for kind in sorted(set(kinds), key=PHYSICAL_ORDER.index):
         image, applied = degrade(image, kind, rng)
         if kind is Degradation.JPEG:
-            image = registry.get("deblock_jpeg")(image, {"strength": 1.0, "quality": applied["quality"]}).image
+            image = deblocked(image, applied["quality"])
         elif kind is Degradation.NOISE:
             params = {"strength": 1.0, "sigma": min(float(applied["sigma"]), 0.3), "poisson": bool(applied["poisson"])}
             image = registry.get("denoise_dct")(image, params).image

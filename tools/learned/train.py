@@ -405,7 +405,8 @@ def _capture_line(task: Task) -> str:
     if not (task.capture_share or task.capture_only_share):
         return "."
     return (
-        f"; {task.capture_share:.0%} of the draws also get a real capture's noise and compression on top "
+        f"; {task.capture_share:.0%} of the draws{' not placed in a mixture' if task.context_share else ''} also "
+        "get a real capture's noise and compression on top "
         f"(tools.learned.tasks.capture_noise: signal-dependent, spatially correlated noise, then JPEG quality 60-95) "
         f"and {task.capture_only_share:.0%} get only that"
         + (
