@@ -621,3 +621,66 @@ def test_finetune_benchmark_writes_a_loadable_random_folder_and_derives_rates(tm
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert record["steps_per_second"] == pytest.approx(13 / 8.0)
     assert record["seconds_per_epoch"] == pytest.approx(8.0 * 100 / (13 * 16))
+
+
+def test_project_configs_are_backends_trained_from_scratch():
+    assert {"SACLIP-tiny", "SACLIP-small"} <= set(saclip.project_configs())
+    assert saclip.parse_backend("SACLIP-small") == ("default", "SACLIP-small")
+    model = saclip.create_model("SACLIP-small")
+    assert model.settings.backend == "SACLIP-small" and not model.settings.freeze_text
+    assert model.open_clip_config["model_cfg"]["vision_cfg"]["width"] == 24
+    with pytest.raises(ValueError, match="SACLIP-small"):  # the error lists the project configs
+        saclip.parse_backend("SACLIP-huge")
+
+
+def test_time_budget_schedule_warms_up_then_decays_with_elapsed_time():
+    from agent.perception.saclip_train import follow_time_budget, schedule_factor
+
+    assert schedule_factor(0, 10, 0.0) == pytest.approx(0.1)  # warm-up counts steps
+    assert schedule_factor(10, 10, 0.0) == pytest.approx(1.0)
+    assert schedule_factor(50, 10, 0.5) == pytest.approx(0.05 + 0.95 * 0.5)
+    assert schedule_factor(50, 10, 2.0) == pytest.approx(0.05)  # past the budget: the floor
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([{"params": [parameter], "lr": 0.1}])
+    for group in optimizer.param_groups:
+        group["initial_lr"] = group["lr"]
+    follow_time_budget(optimizer, step=100, warmup=10, elapsed=30.0, budget=60.0)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * (0.05 + 0.95 * 0.5))
+
+
+def _toy_shared(tmp_path):
+    """A shared folder with a few procedural calibration photos and empty evaluation folders."""
+    clean = tmp_path / "shared" / "data" / "clean"
+    (clean / "BSD100").mkdir(parents=True)
+    for folder in ("LIVE1_color", "McMaster", "Set14"):
+        (clean / folder).mkdir()
+    for i in range(4):
+        pixels = (procedural_image(72, 72, seed=i) * 255).astype(np.uint8)
+        Image.fromarray(pixels).save(clean / "BSD100" / f"img_{i:03d}.png")
+    return tmp_path / "shared"
+
+
+def test_training_under_a_time_budget_then_from_its_weights(published_dir, tmp_path, one_thread):
+    from agent.perception import saclip_train
+
+    shared = _toy_shared(tmp_path)
+    common = ["--shared", str(shared), "--batch-size", "4", "--val-images", "1", "--val-per-class", "1"]
+    common += ["--val-mixed", "2", "--calibrate-per-class", "0", "--max-side", "72", "--warmup", "2"]
+    first = tmp_path / "first"
+    args = ["--backend", f"local-dir:{published_dir}", "--out", str(first), "--time-budget", "3", "--steps", "100000"]
+    assert saclip_train.main([*args, *common]) == 0
+    record = json.loads((first / saclip.SETTINGS_FILE).read_text())["training"]
+    assert record["time_budget_s"] == 3 and 0 < record["steps"] < 100000 and record["seconds"] >= 3
+    card = (first / "MODEL_CARD.md").read_text()
+    assert "--time-budget 3 --steps 100000" in card and "--warmup 2" in card
+
+    second = tmp_path / "second"
+    args = ["--init-from", str(first), "--out", str(second), "--steps", "2", "--lr", "0"]
+    assert saclip_train.main([*args, *common]) == 0  # lr 0: the weights must come through unchanged
+    before, after = saclip.load_checkpoint(first), saclip.load_checkpoint(second)
+    used = torch.unique(before.prompt_tokens)  # only the prompts' token rows are stored and reach the model
+    for (name, a), b in zip(before.state_dict().items(), after.state_dict().values(), strict=True):
+        assert torch.equal(a[used], b[used]) if name == saclip.TOKEN_EMBEDDING else torch.equal(a, b), name
+    settings = json.loads((second / saclip.SETTINGS_FILE).read_text())
+    assert settings["backend"] == f"local-dir:{published_dir}" and settings["training"]["steps"] == 2
+    assert f"--init-from {first}" in saclip_train.reproduce_command(settings)

@@ -11,7 +11,8 @@ heads on the image embedding add independent per-type *presence* probabilities (
 Backends, one code path (:func:`create_model`):
 
 * ``"default"``: the small open_clip config shipped in ``saclip_configs/`` (a narrow ModifiedResNet image
-  tower and a two-layer text tower), trained from scratch by :mod:`agent.perception.saclip_train`;
+  tower and a two-layer text tower), trained from scratch by :mod:`agent.perception.saclip_train`; the
+  other configs there (``"SACLIP-small"``) are named directly and trained the same way;
 * ``"hf-hub:<org/repo>"`` or ``"local-dir:<folder>"``: published CLIP weights; the text tower is frozen
   and the image tower fine-tuned, as in the paper. ``local_files_only`` (or ``HF_HUB_OFFLINE=1``) reads only
   the local Hugging Face cache. A bare path is refused as ambiguous.
@@ -149,18 +150,28 @@ def register_default_config() -> None:
     """Make the project's open_clip configs (``saclip_configs/*.json``) known to open_clip (idempotent)."""
     import open_clip
 
-    if DEFAULT_MODEL_NAME not in open_clip.list_models():
+    if not set(project_configs()) <= set(open_clip.list_models()):
         open_clip.add_model_config(CONFIG_DIR)
+
+
+def project_configs() -> list[str]:
+    """Names of the project's own open_clip configs (``saclip_configs/*.json``), trained from scratch."""
+    return sorted(path.stem for path in CONFIG_DIR.glob("*.json"))
 
 
 def parse_backend(backend: str) -> tuple[str, str]:
     """Split a backend string into ``(kind, identifier)``: ``("default", "SACLIP-tiny")``, ``("hf-hub", id)``...
+
+    ``"default"`` is the shipped config; another name from :func:`project_configs` (``"SACLIP-small"``)
+    picks that config, also trained from scratch.
 
     Raises:
         ValueError: for a bare path or an unknown name; the message shows the accepted forms.
     """
     if backend in ("default", DEFAULT_MODEL_NAME):
         return "default", DEFAULT_MODEL_NAME
+    if backend in project_configs():
+        return "default", backend
     for scheme in _SCHEMES:
         if backend.startswith(scheme):
             identifier = backend[len(scheme) :]
@@ -168,7 +179,8 @@ def parse_backend(backend: str) -> tuple[str, str]:
                 raise ValueError(f"backend {backend!r} names nothing after {scheme!r}")
             return scheme[:-1], identifier
     raise ValueError(
-        f"backend {backend!r} is ambiguous; use 'default', 'hf-hub:<org/repo>' or 'local-dir:<folder>' "
+        f"backend {backend!r} is ambiguous; use 'default', a project config ({', '.join(project_configs())}), "
+        "'hf-hub:<org/repo>' or 'local-dir:<folder>' "
         "(a folder holding open_clip_config.json and the weights)"
     )
 
@@ -224,9 +236,9 @@ def load_clip(backend: str, *, pretrained: bool = True, local_files_only: bool |
         local_files_only = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
     if kind == "default":
         register_default_config()
-        config = {"model_cfg": open_clip.get_model_config(DEFAULT_MODEL_NAME), "preprocess_cfg": {}}
-        clip = open_clip.create_model(DEFAULT_MODEL_NAME, load_weights=False)
-        tokenizer = open_clip.get_tokenizer(DEFAULT_MODEL_NAME)
+        config = {"model_cfg": open_clip.get_model_config(identifier), "preprocess_cfg": {}}
+        clip = open_clip.create_model(identifier, load_weights=False)
+        tokenizer = open_clip.get_tokenizer(identifier)
         return clip, tokenizer, config
     path = Path(identifier).expanduser() if kind == "local-dir" else hub_snapshot(identifier, local_files_only)
     if not (path / OPEN_CLIP_CONFIG_FILE).is_file():

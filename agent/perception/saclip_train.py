@@ -70,6 +70,9 @@ EVALUATION_FILE = "evaluation.json"
 _TYPE_INDEX = {d: i for i, d in enumerate(TYPES)}
 #: Default sample mix: share of clean crops, of mixtures, and of degraded crops carrying their clean crop.
 P_CLEAN, P_MIXED, P_WITH_CLEAN = 0.05, 0.3, 0.25
+#: Learning rate of the heads and of towers trained from scratch.
+LR = 2e-3
+WARMUP = 200
 
 
 # ----------------------------------------------------------------------------------------------
@@ -466,16 +469,26 @@ def make_optimizer(model: SAClipModel, lr: float, tower_lr: float | None = None,
     return torch.optim.AdamW(groups, weight_decay=weight_decay)
 
 
+def schedule_factor(step: int, warmup: int, progress: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 5 % at ``progress`` 1 (a fraction of the run)."""
+    if step < warmup:
+        return (step + 1) / max(1, warmup)
+    progress = min(max(progress, 0.0), 1.0)
+    return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def cosine_schedule(optimizer: torch.optim.Optimizer, steps: int, warmup: int) -> Any:
     """Linear warm-up then cosine decay to 5 % of the base rates, over ``steps``."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: schedule_factor(step, warmup, (step - warmup) / max(1, steps - warmup))
+    )
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        progress = min(1.0, (step - warmup) / max(1, steps - warmup))
-        return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+def follow_time_budget(optimizer: torch.optim.Optimizer, step: int, warmup: int, elapsed: float, budget: float) -> None:
+    """Set each group's rate to its base rate times :func:`schedule_factor` after ``elapsed`` of ``budget`` s."""
+    factor = schedule_factor(step, warmup, elapsed / budget)
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * factor
 
 
 # ----------------------------------------------------------------------------------------------
@@ -887,22 +900,28 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     else:
         if args.resume:
             logger.warning("--resume: no %s in %s, starting fresh", TRAIN_STATE_FILE, out)
-        model = saclip.create_model(args.backend, use_measurements=args.measurements, crops=args.crops).to(device)
+        if args.init_from:  # its architecture, measurement scaler and weights; a new optimizer and schedule
+            model = saclip.load_checkpoint(args.init_from, device=device)
+            model.settings.class_bias, model.settings.presence_bias = [], []  # refitted after training
+        else:
+            model = saclip.create_model(args.backend, use_measurements=args.measurements, crops=args.crops)
+            model = model.to(device)
         state = None
     settings = model.settings
     published = settings.freeze_text
     tower_lr = args.lr * 0.1 if published and args.tower_lr is None else args.tower_lr
     optimizer = make_optimizer(model, args.lr, tower_lr)
     scheduler = cosine_schedule(optimizer, args.steps, args.warmup)
-    step = 0
+    step, seconds_before = 0, 0.0
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step = int(state["step"])
+        seconds_before = float(settings.training.get("seconds", 0.0))
 
     train_images, val_images = _load_split(Path(args.shared), args.val_images, args.max_side)
     names = model_measurement_names(model)
-    if settings.use_measurements and step == 0:
+    if settings.use_measurements and step == 0 and not args.init_from:
         _fit_measurement_scaler(model, train_images, settings.image_size, args.seed, names)
     val = validation_set(val_images, settings.image_size, args.seed + 1, args.val_per_class, args.val_mixed, names)
     loader: Iterable[Mapping[str, torch.Tensor]]
@@ -946,34 +965,54 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "batch_size": args.batch_size,
         "lr": args.lr,
+        "warmup": args.warmup,
         "device": str(device),
         "cache_samples": args.cache,
+        "workers": args.workers,
+        "init_from": str(args.init_from) if args.init_from else None,
         "p_clean": args.p_clean,
         "content_jitter": args.content_jitter,
         "train_photos": len(train_images),
         "validation_photos": len(val_images),
         "data": "calibration split of shared/data/clean (evals.synthesis.clean_split), last photos held out",
     }
+    budget = args.time_budget
+    if budget:
+        record.update(time_budget_s=budget, max_steps=args.steps)
     metrics: dict[str, Any] = {}
     bar = tqdm(total=args.steps, initial=step, desc="saclip", unit="step")
     running: dict[str, float] = {}
     started = time.perf_counter()
+
+    def elapsed() -> float:
+        return seconds_before + time.perf_counter() - started
+
+    def finished() -> bool:
+        return step >= args.steps or bool(budget and elapsed() >= budget)
+
     for raw in loader:
-        if step >= args.steps:
+        if step >= args.steps:  # a resumed run that had already finished
             break
+        if budget:
+            follow_time_budget(optimizer, step, args.warmup, elapsed(), budget)
         losses = training_step(model, assemble_batch(raw), optimizer, weights, device)
-        scheduler.step()
+        if not budget:
+            scheduler.step()
         step += 1
         running = {k: 0.9 * running.get(k, v) + 0.1 * v for k, v in losses.items()}
         bar.update(1)
         bar.set_postfix(loss=f"{running['total']:.3f}", ce=f"{running['cross_entropy']:.3f}")
-        if step % args.eval_every == 0 or step == args.steps:
+        last = finished()
+        if step % args.eval_every == 0 or last:
             metrics = evaluate(model, val)
             bar.write(_summary(step, metrics))
-        if step % args.save_every == 0 or step == args.steps:
-            record.update(steps=step, seconds=round(time.perf_counter() - started, 1), validation=_brief(metrics))
+        if step % args.save_every == 0 or last:
+            record.update(steps=step, seconds=round(elapsed(), 1), validation=_brief(metrics))
             _save(model, optimizer, scheduler, step, out, record)
+        if last:
+            break
     bar.close()
+    out.mkdir(parents=True, exist_ok=True)
     if args.calibrate_per_class > 0 and val_images:
         metrics = finish_calibration(model, out, val_images, val, args)
     else:
@@ -1037,7 +1076,8 @@ def write_model_card(folder: Path, evaluation: Mapping[str, Any] | None = None) 
     lines = [
         "# SA-CLIP default: which degradations an image carries",
         "",
-        f"open_clip config `{saclip.DEFAULT_MODEL_NAME}` (ModifiedResNet image tower, width {vision.get('width')}, "
+        f"open_clip config `{_config_name(settings['backend'])}` (ModifiedResNet image tower, width "
+        f"{vision.get('width')}, "
         f"layers {vision.get('layers')}, input {settings['image_size']} px; two-layer text tower) plus presence and "
         f"severity heads{' and the estimators measurements MLP' if settings['use_measurements'] else ''}; "
         f"{weights.stat().st_size / 1e6:.1f} MB. At inference {settings['crops']} native-resolution crops "
@@ -1050,9 +1090,9 @@ def write_model_card(folder: Path, evaluation: Mapping[str, Any] | None = None) 
         "two or three, clean crops; AutoDIR's fidelity + semantic-agnostic losses, cross-entropy, presence BCE, "
         "severity L1).",
         f"- {record.get('steps')} steps, batch {record.get('batch_size')}, AdamW lr {record.get('lr')}, seed "
-        f"{record.get('seed')}, {record.get('seconds')} s on {record.get('device', 'cpu')}.",
-        f"- Reproduce: `{saclip.TRAIN_COMMAND} --measurements --cache {record.get('cache_samples')} "
-        f"--steps {record.get('steps')} --batch-size {record.get('batch_size')}{_data_options(record)}`.",
+        f"{record.get('seed')}, {record.get('seconds')} s on {record.get('device', 'cpu')}"
+        + (f" (a {record['time_budget_s']:g} s time budget)." if record.get("time_budget_s") else "."),
+        f"- Reproduce: `{reproduce_command(settings)}`.",
         "",
         "## Validation (held-out calibration photos, synthetic)",
         "",
@@ -1087,11 +1127,38 @@ def write_model_card(folder: Path, evaluation: Mapping[str, Any] | None = None) 
     return path
 
 
-def _data_options(record: Mapping[str, Any]) -> str:
-    """The non-default data options of a training record, as command-line text."""
-    text = f" --p-clean {record['p_clean']:g}" if record.get("p_clean", P_CLEAN) != P_CLEAN else ""
-    text += f" --content-jitter {record['content_jitter']:g}" if record.get("content_jitter") else ""
-    return text
+def _config_name(backend: str) -> str:
+    return saclip.DEFAULT_MODEL_NAME if backend == "default" else backend
+
+
+def reproduce_command(settings: Mapping[str, Any]) -> str:
+    """The training command that remakes a checkpoint, from its ``saclip.json`` settings (training record)."""
+    record = settings.get("training", {})
+    parts = [f"python -m agent.perception.saclip_train --backend {settings.get('backend', 'default')}"]
+    parts.append("--out agent/perception/weights/saclip")
+    if settings.get("use_measurements"):
+        parts.append("--measurements")
+    if record.get("cache_samples"):
+        parts.append(f"--cache {record['cache_samples']}")
+    if record.get("time_budget_s"):
+        steps = record.get("max_steps", record.get("steps"))
+        parts.append(f"--time-budget {record['time_budget_s']:g} --steps {steps}")
+    else:
+        parts.append(f"--steps {record.get('steps')}")
+    parts.append(f"--batch-size {record.get('batch_size')}")
+    if record.get("lr") is not None and record["lr"] != LR:
+        parts.append(f"--lr {record['lr']:g}")
+    if record.get("workers"):
+        parts.append(f"--workers {record['workers']}")
+    if record.get("warmup", WARMUP) != WARMUP:
+        parts.append(f"--warmup {record['warmup']}")
+    if record.get("init_from"):
+        parts.append(f"--init-from {record['init_from']}")
+    if record.get("p_clean", P_CLEAN) != P_CLEAN:
+        parts.append(f"--p-clean {record['p_clean']:g}")
+    if record.get("content_jitter"):
+        parts.append(f"--content-jitter {record['content_jitter']:g}")
+    return " ".join(parts)
 
 
 def _fit_measurement_scaler(model: SAClipModel, images, size: int, seed: int, names: Sequence[str]) -> None:
@@ -1136,13 +1203,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m agent.perception.saclip_train", description=__doc__.split("\n")[0])
     p.add_argument("--backend", default="default", help="default | hf-hub:<org/repo> | local-dir:<folder>")
     p.add_argument("--steps", type=int, default=6000, help="total optimisation steps (default 6000)")
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        help="train for this many seconds (resumed runs count the earlier ones); the cosine schedule follows "
+        "the elapsed time and --steps becomes an upper bound",
+    )
     p.add_argument("--out", default=str(saclip.DEFAULT_WEIGHTS_DIR), help="checkpoint folder")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument(
+        "--init-from",
+        default=None,
+        help="start from the weights of this checkpoint folder (its architecture; --backend and --measurements "
+        "are ignored) with a new optimizer and schedule",
+    )
     p.add_argument("--shared", default=str(DEFAULT_SHARED), help="shared folder holding data/clean")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-3, help="learning rate of heads (and towers trained from scratch)")
+    p.add_argument("--lr", type=float, default=LR, help="learning rate of heads (and towers trained from scratch)")
     p.add_argument("--tower-lr", type=float, default=None, help="image-tower rate (default: lr, or lr/10 if published)")
-    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--warmup", type=int, default=WARMUP)
     p.add_argument("--lambda-sa", type=float, default=1.0, help="weight of the semantic-agnostic loss")
     p.add_argument("--ce-weight", type=float, default=1.0, help="weight of the cross-entropy term")
     p.add_argument("--measurements", action="store_true", help="feed the estimators' measurements to the model")
