@@ -330,9 +330,9 @@ def test_evaluate_assessor_scores_single_mixed_and_real_sets(photo):
     noisy = _degraded(photo, "noise", sigma=0.1, kind="gaussian")
     hazy = _degraded(photo, "haze", severity=1.0)
     single = [
-        {"image": photo, "labels": [], "severity": {}},
-        {"image": noisy, "labels": ["noise"], "severity": {"noise": 0.8}},
-        {"image": hazy, "labels": ["haze"], "severity": {"haze": 1.0}},
+        {"image": photo, "labels": [], "severity": {}, "source": "SetA/one"},
+        {"image": noisy, "labels": ["noise"], "severity": {"noise": 0.8}, "source": "SetA/two"},
+        {"image": hazy, "labels": ["haze"], "severity": {"haze": 1.0}, "source": "SetB/one"},
     ]
     mixed = [{"image": noisy, "labels": ["noise", "haze"], "severity": {"noise": 0.8, "haze": 0.5}}]
     real = {"noisy photos": ([noisy, photo], Degradation.NOISE)}
@@ -360,6 +360,10 @@ def test_evaluate_assessor_scores_single_mixed_and_real_sets(photo):
     bands = single_scores["accuracy_by_severity"]
     assert bands["0.67-1"] == {"accuracy": 0.5, "samples": 2} and bands["0-0.33"]["samples"] == 0
     assert "0.67-1 50.0% (n=2)" in text
+    sources = single_scores["accuracy_by_source"]
+    assert sources["SetA"] == {"accuracy": 1.0, "samples": 2, "clean_no_rate": 1.0, "clean_samples": 1}
+    assert sources["SetB"]["accuracy"] == 0.0 and sources["SetB"]["clean_samples"] == 0
+    assert 'SetA 100.0% (n=2; "no" on 100% of 1 clean)' in text
     assert result["seconds_per_image"] > 0
 
 

@@ -584,11 +584,14 @@ def test_content_jitter_keeps_a_clean_photo_in_range_and_varies_it():
 
 
 @pytest.mark.skipif(not (saclip.DEFAULT_WEIGHTS_DIR / saclip.WEIGHTS_FILE).is_file(), reason="no packaged SA-CLIP")
-def test_packaged_default_loads_and_recognises_strong_noise():
+@pytest.mark.parametrize("folder", [None, saclip.DEFAULT_WEIGHTS_DIR.with_name("saclip-small")])
+def test_packaged_checkpoints_load_and_recognise_strong_noise(folder):
     from evals.synthesis import synthesize
 
-    assessor = saclip.SAClipAssessor()
-    assert assessor.model.settings.use_measurements and len(assessor.model.settings.class_bias) == len(CLASSES)
+    assessor = saclip.SAClipAssessor(folder)
+    assert len(assessor.model.settings.class_bias) == len(CLASSES)
+    # the default takes the estimators' measurements; the GPU-trained SACLIP-small sees pixels only
+    assert assessor.model.settings.use_measurements == (folder is None)
     photo = procedural_image(192, 192, seed=11)
     noisy = synthesize(photo, [Degradation.NOISE], seed=1, severity=1.0).image
     report = assessor.assess(noisy)
@@ -668,11 +671,15 @@ def test_training_under_a_time_budget_then_from_its_weights(published_dir, tmp_p
     common += ["--val-mixed", "2", "--calibrate-per-class", "0", "--max-side", "72", "--warmup", "2"]
     first = tmp_path / "first"
     args = ["--backend", f"local-dir:{published_dir}", "--out", str(first), "--time-budget", "3", "--steps", "100000"]
-    assert saclip_train.main([*args, *common]) == 0
+    assert saclip_train.main([*args, "--half-weights", *common]) == 0
+    from safetensors.torch import load_file
+
+    stored = load_file(str(first / saclip.WEIGHTS_FILE))
+    assert {v.dtype for v in stored.values() if v.is_floating_point()} == {torch.float16}
     record = json.loads((first / saclip.SETTINGS_FILE).read_text())["training"]
     assert record["time_budget_s"] == 3 and 0 < record["steps"] < 100000 and record["seconds"] >= 3
     card = (first / "MODEL_CARD.md").read_text()
-    assert "--time-budget 3 --steps 100000" in card and "--warmup 2" in card
+    assert "--time-budget 3 --steps 100000" in card and "--warmup 2" in card and "--half-weights" in card
 
     second = tmp_path / "second"
     args = ["--init-from", str(first), "--out", str(second), "--steps", "2", "--lr", "0"]
@@ -683,4 +690,6 @@ def test_training_under_a_time_budget_then_from_its_weights(published_dir, tmp_p
         assert torch.equal(a[used], b[used]) if name == saclip.TOKEN_EMBEDDING else torch.equal(a, b), name
     settings = json.loads((second / saclip.SETTINGS_FILE).read_text())
     assert settings["backend"] == f"local-dir:{published_dir}" and settings["training"]["steps"] == 2
-    assert f"--init-from {first}" in saclip_train.reproduce_command(settings)
+    first_stage, second_stage = saclip_train.reproduce_command(settings).split(" && ")
+    assert f"--out {first} " in first_stage and "--time-budget 3" in first_stage and "--half-weights" in first_stage
+    assert f"--init-from {first}" in second_stage and "--steps 2" in second_stage and "--lr 0" in second_stage

@@ -132,6 +132,11 @@ def _sample(result: Any, source: str) -> dict[str, Any]:
     }
 
 
+def _source_set(sample: dict[str, Any]) -> str:
+    """The photo set a sample's crop came from (``"McMaster"`` of ``"McMaster/img_01"``)."""
+    return str(sample.get("source", "?")).split("/")[0]
+
+
 def evaluate_assessor(
     assessor: Any,
     single: Sequence[dict[str, Any]],
@@ -165,6 +170,20 @@ def evaluate_assessor(
             if sample["labels"] and low <= sample["severity"].get(sample["labels"][0], np.nan) < high
         ]
         by_severity[label] = {"accuracy": float(np.mean(hits)) if hits else float("nan"), "samples": len(hits)}
+    by_source: dict[str, dict[str, float]] = {}
+    for folder in sorted({_source_set(sample) for sample in single}):
+        rows = [
+            (truth, guess)
+            for sample, truth, guess in zip(single, true_class, predicted_class, strict=True)
+            if _source_set(sample) == folder
+        ]
+        clean = [guess == index[CLEAN] for truth, guess in rows if truth == index[CLEAN]]
+        by_source[folder] = {
+            "accuracy": float(np.mean([truth == guess for truth, guess in rows])),
+            "samples": len(rows),
+            "clean_no_rate": float(np.mean(clean)) if clean else float("nan"),
+            "clean_samples": len(clean),
+        }
     types = list(Degradation)
     truth = np.zeros((len(mixed), len(types)), bool)
     predicted = np.zeros_like(truth)
@@ -193,6 +212,7 @@ def evaluate_assessor(
             "confusion": matrix.tolist(),
             "classes": list(CLASSES),
             "accuracy_by_severity": by_severity,
+            "accuracy_by_source": by_source,
         },
         "clean_no_rate": scores["per_class"][CLEAN]["recall"],
         "mixed": {
@@ -258,6 +278,17 @@ def format_result(result: dict[str, Any]) -> str:
         f"exact set {mixed['exact_set']:.1%}, severity MAE {mixed['severity_mae']:.3f}",
         "  per type F1: " + ", ".join(f"{name} {entry['f1']:.2f}" for name, entry in mixed["per_type"].items()),
     ]
+    sources = single.get("accuracy_by_source")
+    if sources:  # after the severity line
+        lines.insert(
+            3,
+            "  by photo set: "
+            + ", ".join(
+                f"{name} {entry['accuracy']:.1%} (n={entry['samples']}; \"no\" on {entry['clean_no_rate']:.0%} of "
+                f"{entry['clean_samples']} clean)"
+                for name, entry in sources.items()
+            ),
+        )
     for name, entry in result["real"].items():
         top = ", ".join(f"{k} {v}" for k, v in list(entry["predicted"].items())[:3])
         present = f"; label present {entry['label_present']:.0%}" if "label_present" in entry else ""

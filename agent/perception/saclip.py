@@ -124,6 +124,7 @@ class SAClipSettings:
         hybrid_weights: Per type, the weight of the estimator assessor's probability and severity in the
             ``hybrid`` assessor, fitted on held-out photos
             (:func:`agent.perception.saclip_train.fit_hybrid_weights`; empty: 0.5 for every type).
+        half_weights: Store the weights in float16 (half the file; they are used in float32 after loading).
         training: Free-form record of how the checkpoint was trained (steps, data, seed, ...).
     """
 
@@ -138,6 +139,7 @@ class SAClipSettings:
     class_bias: list[float] = field(default_factory=list)
     presence_bias: list[float] = field(default_factory=list)
     hybrid_weights: dict[str, float] = field(default_factory=dict)
+    half_weights: bool = False
     training: dict[str, Any] = field(default_factory=dict)
 
 
@@ -546,6 +548,8 @@ def save_checkpoint(model: SAClipModel, folder: Path | str, training: Mapping[st
     if training is not None:
         settings.training = dict(training)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if settings.half_weights:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     if TOKEN_EMBEDDING in state:  # keep only the rows the prompts use: the rest never reaches the model
         ids = torch.unique(model.prompt_tokens.cpu())
         state[TOKEN_ROWS] = state.pop(TOKEN_EMBEDDING)[ids].contiguous()

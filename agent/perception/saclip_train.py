@@ -892,9 +892,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(args.out)
     state_path = out / TRAIN_STATE_FILE
+    init_record: dict[str, Any] | None = None  # the training record of an --init-from checkpoint
     if args.resume and state_path.is_file():
         model = saclip.load_checkpoint(out, device=device)
         model.settings.class_bias, model.settings.presence_bias = [], []  # refitted after training
+        init_record = model.settings.training.get("init_record")
         state = torch.load(state_path, map_location=device, weights_only=False)
         logger.info("resuming %s at step %d", out, state["step"])
     else:
@@ -903,8 +905,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         if args.init_from:  # its architecture, measurement scaler and weights; a new optimizer and schedule
             model = saclip.load_checkpoint(args.init_from, device=device)
             model.settings.class_bias, model.settings.presence_bias = [], []  # refitted after training
+            init_record = dict(model.settings.training)
+            model.settings.half_weights = model.settings.half_weights or args.half_weights
         else:
-            model = saclip.create_model(args.backend, use_measurements=args.measurements, crops=args.crops)
+            model = saclip.create_model(
+                args.backend, use_measurements=args.measurements, crops=args.crops, half_weights=args.half_weights
+            )
             model = model.to(device)
         state = None
     settings = model.settings
@@ -967,9 +973,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "lr": args.lr,
         "warmup": args.warmup,
         "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if str(device).startswith("cuda") else "cpu",
         "cache_samples": args.cache,
         "workers": args.workers,
         "init_from": str(args.init_from) if args.init_from else None,
+        "init_record": init_record,
         "p_clean": args.p_clean,
         "content_jitter": args.content_jitter,
         "train_photos": len(train_images),
@@ -1090,8 +1098,9 @@ def write_model_card(folder: Path, evaluation: Mapping[str, Any] | None = None) 
         "two or three, clean crops; AutoDIR's fidelity + semantic-agnostic losses, cross-entropy, presence BCE, "
         "severity L1).",
         f"- {record.get('steps')} steps, batch {record.get('batch_size')}, AdamW lr {record.get('lr')}, seed "
-        f"{record.get('seed')}, {record.get('seconds')} s on {record.get('device', 'cpu')}"
+        f"{record.get('seed')}, {record.get('seconds')} s on {_device(record)}"
         + (f" (a {record['time_budget_s']:g} s time budget)." if record.get("time_budget_s") else "."),
+        *_first_stage_line(record),
         f"- Reproduce: `{reproduce_command(settings)}`.",
         "",
         "## Validation (held-out calibration photos, synthetic)",
@@ -1127,15 +1136,38 @@ def write_model_card(folder: Path, evaluation: Mapping[str, Any] | None = None) 
     return path
 
 
+def _first_stage_line(record: Mapping[str, Any]) -> list[str]:
+    """The card line of the checkpoint a ``--init-from`` run started from (none for a run from scratch)."""
+    first = record.get("init_record")
+    if not first:
+        return []
+    return [
+        f"- Started from the weights of a first stage: {first.get('steps')} steps, batch {first.get('batch_size')}, "
+        f"AdamW lr {first.get('lr')}, {first.get('seconds')} s on {_device(first)}, "
+        f"{first.get('cache_samples') or 'on-the-fly'} samples."
+    ]
+
+
+def _device(record: Mapping[str, Any]) -> str:
+    device = record.get("device", "cpu")
+    name = record.get("device_name")
+    return f"{device} ({name})" if name and name != device else device
+
+
 def _config_name(backend: str) -> str:
     return saclip.DEFAULT_MODEL_NAME if backend == "default" else backend
 
 
-def reproduce_command(settings: Mapping[str, Any]) -> str:
-    """The training command that remakes a checkpoint, from its ``saclip.json`` settings (training record)."""
+def reproduce_command(settings: Mapping[str, Any], out: str = "agent/perception/weights/saclip") -> str:
+    """The training command that remakes a checkpoint, from its ``saclip.json`` settings (training record).
+
+    A checkpoint trained ``--init-from`` another gets the commands of both stages, joined by ``&&``.
+    """
     record = settings.get("training", {})
+    first = record.get("init_record")
+    stage = f"{reproduce_command({**settings, 'training': first}, record['init_from'])} && " if first else ""
     parts = [f"python -m agent.perception.saclip_train --backend {settings.get('backend', 'default')}"]
-    parts.append("--out agent/perception/weights/saclip")
+    parts.append(f"--out {out}")
     if settings.get("use_measurements"):
         parts.append("--measurements")
     if record.get("cache_samples"):
@@ -1158,7 +1190,9 @@ def reproduce_command(settings: Mapping[str, Any]) -> str:
         parts.append(f"--p-clean {record['p_clean']:g}")
     if record.get("content_jitter"):
         parts.append(f"--content-jitter {record['content_jitter']:g}")
-    return " ".join(parts)
+    if settings.get("half_weights") and not first:  # set once, at the first stage
+        parts.append("--half-weights")
+    return stage + " ".join(parts)
 
 
 def _fit_measurement_scaler(model: SAClipModel, images, size: int, seed: int, names: Sequence[str]) -> None:
@@ -1226,6 +1260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lambda-sa", type=float, default=1.0, help="weight of the semantic-agnostic loss")
     p.add_argument("--ce-weight", type=float, default=1.0, help="weight of the cross-entropy term")
     p.add_argument("--measurements", action="store_true", help="feed the estimators' measurements to the model")
+    p.add_argument("--half-weights", action="store_true", help="store the weights in float16 (half the file)")
     p.add_argument("--crops", type=int, default=5, help="crops averaged at inference (stored in the checkpoint)")
     p.add_argument("--val-images", type=int, default=10, help="calibration images held out for validation")
     p.add_argument("--val-per-class", type=int, default=20)
