@@ -284,7 +284,7 @@ def format_result(result: dict[str, Any]) -> str:
             3,
             "  by photo set: "
             + ", ".join(
-                f"{name} {entry['accuracy']:.1%} (n={entry['samples']}; \"no\" on {entry['clean_no_rate']:.0%} of "
+                f'{name} {entry["accuracy"]:.1%} (n={entry["samples"]}; "no" on {entry["clean_no_rate"]:.0%} of '
                 f"{entry['clean_samples']} clean)"
                 for name, entry in sources.items()
             ),
