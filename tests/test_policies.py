@@ -28,6 +28,7 @@ EXPECTED_TOOLS: dict[str, tuple[Degradation, ...]] = {
     "underwater_color": (Degradation.COLOR_CAST, Degradation.HAZE),
     "nafnet_derain": (Degradation.RAIN,),
     "nafnet_upscale": (Degradation.LOW_RESOLUTION,),
+    "nafnet_motion_deblur": (Degradation.MOTION_BLUR,),
 }
 
 
