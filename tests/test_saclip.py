@@ -690,6 +690,10 @@ def test_training_under_a_time_budget_then_from_its_weights(published_dir, tmp_p
         assert torch.equal(a[used], b[used]) if name == saclip.TOKEN_EMBEDDING else torch.equal(a, b), name
     settings = json.loads((second / saclip.SETTINGS_FILE).read_text())
     assert settings["backend"] == f"local-dir:{published_dir}" and settings["training"]["steps"] == 2
+    # resumed without repeating --init-from, the run still records where it started
+    assert saclip_train.main(["--resume", "--out", str(second), "--steps", "3", "--lr", "0", *common]) == 0
+    settings = json.loads((second / saclip.SETTINGS_FILE).read_text())
+    assert settings["training"]["steps"] == 3
     first_stage, second_stage = saclip_train.reproduce_command(settings).split(" && ")
     assert f"--out {first} " in first_stage and "--time-budget 3" in first_stage and "--half-weights" in first_stage
-    assert f"--init-from {first}" in second_stage and "--steps 2" in second_stage and "--lr 0" in second_stage
+    assert f"--init-from {first}" in second_stage and "--steps 3" in second_stage and "--lr 0" in second_stage

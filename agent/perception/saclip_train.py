@@ -893,10 +893,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     state_path = out / TRAIN_STATE_FILE
     init_record: dict[str, Any] | None = None  # the training record of an --init-from checkpoint
+    init_from = str(args.init_from) if args.init_from else None
     if args.resume and state_path.is_file():
         model = saclip.load_checkpoint(out, device=device)
         model.settings.class_bias, model.settings.presence_bias = [], []  # refitted after training
         init_record = model.settings.training.get("init_record")
+        init_from = init_from or model.settings.training.get("init_from")
         state = torch.load(state_path, map_location=device, weights_only=False)
         logger.info("resuming %s at step %d", out, state["step"])
     else:
@@ -976,7 +978,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "device_name": torch.cuda.get_device_name(device) if str(device).startswith("cuda") else "cpu",
         "cache_samples": args.cache,
         "workers": args.workers,
-        "init_from": str(args.init_from) if args.init_from else None,
+        "init_from": init_from,
         "init_record": init_record,
         "p_clean": args.p_clean,
         "content_jitter": args.content_jitter,
