@@ -1084,7 +1084,7 @@ def write_model_card(folder: Path, evaluation: Mapping[str, Any] | None = None) 
     vision = config.get("model_cfg", config).get("vision_cfg", {})
     validation = record.get("validation", {})
     lines = [
-        "# SA-CLIP default: which degradations an image carries",
+        f"# SA-CLIP `{_config_name(settings['backend'])}`: which degradations an image carries",
         "",
         f"open_clip config `{_config_name(settings['backend'])}` (ModifiedResNet image tower, width "
         f"{vision.get('width')}, "
