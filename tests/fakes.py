@@ -138,3 +138,18 @@ def main(input_path: str, run_dir: str, output: str, calls_file: str) -> None:
 
 if __name__ == "__main__":
     main(*sys.argv[1:5])
+
+
+def fake_shared(root: Path, count: int = 4, size: tuple[int, int] = (56, 64)) -> Path:
+    """A ``shared`` folder: ``count`` procedural calibration photos (BSD100) and one per evaluation collection."""
+    from PIL import Image
+
+    from evals.synthesis import procedural_image
+
+    clean = root / "data" / "clean"
+    for folder, n in (("BSD100", count), ("LIVE1_color", 1), ("McMaster", 1), ("Set14", 1)):
+        (clean / folder).mkdir(parents=True)
+        for i in range(n):
+            image = procedural_image(*size, seed=i + 10 * len(folder))
+            Image.fromarray((image * 255).round().astype(np.uint8)).save(clean / folder / f"img_{i:03d}.png")
+    return root

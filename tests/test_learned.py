@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from agent.degradations import Degradation
+from tests.fakes import fake_shared
 from tools.base import ToolError, ToolRegistry
 from tools.learned.nafnet import NAFNet, NAFNetConfig, count_parameters
 from tools.learned.tiling import tiled_forward
@@ -211,25 +211,11 @@ def test_register_all_adds_the_learned_tools(tmp_path, monkeypatch):
     assert isinstance(ToolRegistry(), ToolRegistry)
 
 
-def _fake_shared(root: Path, count: int = 4) -> Path:
-    from PIL import Image
-
-    from evals.synthesis import procedural_image
-
-    clean = root / "data" / "clean"
-    for folder, n in (("BSD100", count), ("LIVE1_color", 1), ("McMaster", 1), ("Set14", 1)):
-        (clean / folder).mkdir(parents=True)
-        for i in range(n):
-            image = procedural_image(56, 64, seed=i + 10 * len(folder))
-            Image.fromarray((image * 255).round().astype(np.uint8)).save(clean / folder / f"img_{i:03d}.png")
-    return root
-
-
 def test_train_resume_and_evaluate_on_a_tiny_dataset(tmp_path):
     from tools.learned.evaluate import evaluate_and_record
     from tools.learned.train import CHECKPOINT_NAME, TrainSettings, split_images, train
 
-    shared = _fake_shared(tmp_path / "shared")
+    shared = fake_shared(tmp_path / "shared")
     out = tmp_path / "weights" / "denoise"
     settings = TrainSettings(
         task="denoise", steps=2, batch_size=2, crop=24, val_images=1, val_every=2, checkpoint_every=1
@@ -255,7 +241,7 @@ def test_train_resume_and_evaluate_on_a_tiny_dataset(tmp_path):
 def test_time_budget_with_synthesis_workers_stops_and_records_the_steps(tmp_path):
     from tools.learned.train import TrainSettings, cosine_lr, reproduce_command, train
 
-    shared = _fake_shared(tmp_path / "shared")
+    shared = fake_shared(tmp_path / "shared")
     out = tmp_path / "weights" / "jpeg"
     settings = TrainSettings(
         task="jpeg", steps=10_000, batch_size=2, crop=24, val_images=1, val_every=10_000, workers=1, time_budget_s=3.0
@@ -305,7 +291,7 @@ def test_all_in_one_is_evaluated_per_degradation_against_its_classical_rivals(tm
     from tools.learned.tasks import ALL_IN_ONE_TYPES, SINGLE_TASKS
     from tools.learned.train import reproduce_command, save_weights
 
-    shared = _fake_shared(tmp_path / "shared")
+    shared = fake_shared(tmp_path / "shared")
     config = NAFNetConfig(width=4, encoder_blocks=(1, 2), middle_blocks=1, decoder_blocks=(1, 1))
     record = {"model": config.to_dict(), "task": "all_in_one"}
     save_weights(_perturbed(config), tmp_path / "aio", record)
@@ -323,7 +309,7 @@ def test_init_from_continues_trained_weights_with_a_fresh_schedule(tmp_path):
 
     from tools.learned.train import TrainSettings, reproduce_command, train
 
-    shared = _fake_shared(tmp_path / "shared")
+    shared = fake_shared(tmp_path / "shared")
     first = tmp_path / "first"
     settings = TrainSettings(task="jpeg", steps=2, batch_size=2, crop=24, val_images=1, val_every=2)
     train(settings, shared, first, model_config=TINY.to_dict(), progress=False, checkpoint_dir=tmp_path / "ck1")
@@ -436,7 +422,7 @@ def test_in_context_draws_keep_earlier_scene_effects_in_the_target_and_restore_l
 def test_init_from_another_tasks_weights_needs_the_flag(tmp_path):
     from tools.learned.train import TrainSettings, reproduce_command, train
 
-    shared = _fake_shared(tmp_path / "shared")
+    shared = fake_shared(tmp_path / "shared")
     first = tmp_path / "first"
     settings = TrainSettings(task="defocus_deblur", steps=1, batch_size=2, crop=24, val_images=1, val_every=1)
     train(settings, shared, first, model_config=TINY.to_dict(), progress=False, checkpoint_dir=tmp_path / "ck1")
@@ -454,7 +440,7 @@ def test_a_task_trained_in_mixtures_is_also_evaluated_in_mixtures(tmp_path):
     from tools.learned.evaluate import evaluate, markdown_table
     from tools.learned.train import save_weights
 
-    shared = _fake_shared(tmp_path / "shared")
+    shared = fake_shared(tmp_path / "shared")
     save_weights(_perturbed(TINY), tmp_path / "motion", {"model": TINY.to_dict(), "task": "motion_deblur"})
     results = evaluate("motion_deblur", tmp_path / "motion", shared, limit=1, crop=48)
     labels = list(results["bands"])

@@ -27,6 +27,7 @@ from agent.perception.saclip_train import (
 )
 from agent.report import DegradationReport
 from evals.synthesis import procedural_image
+from tests.fakes import fake_shared
 
 TINY_VIT = {
     "embed_dim": 16,
@@ -651,22 +652,10 @@ def test_time_budget_schedule_warms_up_then_decays_with_elapsed_time():
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * (0.05 + 0.95 * 0.5))
 
 
-def _toy_shared(tmp_path):
-    """A shared folder with a few procedural calibration photos and empty evaluation folders."""
-    clean = tmp_path / "shared" / "data" / "clean"
-    (clean / "BSD100").mkdir(parents=True)
-    for folder in ("LIVE1_color", "McMaster", "Set14"):
-        (clean / folder).mkdir()
-    for i in range(4):
-        pixels = (procedural_image(72, 72, seed=i) * 255).astype(np.uint8)
-        Image.fromarray(pixels).save(clean / "BSD100" / f"img_{i:03d}.png")
-    return tmp_path / "shared"
-
-
 def test_training_under_a_time_budget_then_from_its_weights(published_dir, tmp_path, one_thread):
     from agent.perception import saclip_train
 
-    shared = _toy_shared(tmp_path)
+    shared = fake_shared(tmp_path / "shared", size=(72, 72))
     common = ["--shared", str(shared), "--batch-size", "4", "--val-images", "1", "--val-per-class", "1"]
     common += ["--val-mixed", "2", "--calibrate-per-class", "0", "--max-side", "72", "--warmup", "2"]
     first = tmp_path / "first"
