@@ -382,7 +382,7 @@ def test_in_context_draws_keep_earlier_scene_effects_in_the_target_and_restore_l
 
     rng = np.random.default_rng(0)
     clean = np.random.default_rng(1).random((48, 48, 3), dtype=np.float32)
-    plain = get_task("defocus_deblur")
+    plain = get_task("denoise")
     degraded, target, _ = plain.sample_pair(clean, rng)
     assert target is clean and degraded.shape == clean.shape  # no context: the clean crop is the target
     task = Task(
@@ -417,6 +417,19 @@ def test_in_context_draws_keep_earlier_scene_effects_in_the_target_and_restore_l
     deblocked = restored_context(compressed, [Degradation.JPEG], np.random.default_rng(5))
     assert not np.allclose(deblocked, jpeg_only)  # the JPEG step was undone by the classical deblocker
     assert get_task("motion_deblur").context_share > 0
+
+
+def test_model_card_says_where_each_context_degradation_goes():
+    from tools.learned.tasks import get_task
+    from tools.learned.train import _context_line
+
+    assert _context_line(get_task("denoise")) == ""
+    defocus = _context_line(get_task("defocus_deblur"))
+    assert "kept in the target (haze)" in defocus
+    assert "undone by the classical tool the agent runs first (low_resolution, low_light, noise, jpeg;" in defocus
+    assert "left, as a failed earlier step leaves it (motion_blur)" in defocus  # no classical undo for it
+    assert "removed too" not in defocus and "none" not in defocus
+    assert "removed too (defocus_blur)" in _context_line(get_task("motion_deblur"))
 
 
 def test_init_from_another_tasks_weights_needs_the_flag(tmp_path):

@@ -223,6 +223,15 @@ def deblocked(image: np.ndarray, quality: float) -> np.ndarray:
 #: Chance of each context degradation in an in-context draw (at least one is always applied).
 CONTEXT_CHANCE = 0.3
 
+#: Later degradations that :func:`restored_context` undoes as the agent's classical step would (low resolution
+#: as a bicubic upsampling); any other is left as it is, as a failed earlier step leaves it.
+UNDONE_IN_CONTEXT: tuple[Degradation, ...] = (
+    Degradation.LOW_RESOLUTION,
+    Degradation.LOW_LIGHT,
+    Degradation.NOISE,
+    Degradation.JPEG,
+)
+
 
 def restored_context(image: np.ndarray, kinds: list[Degradation], rng: np.random.Generator) -> np.ndarray:
     """Apply ``kinds`` (in physical order) and undo each roughly as the agent's classical step would.
@@ -313,10 +322,26 @@ TASKS: dict[str, Task] = {
         Task(
             "defocus_deblur",
             Degradation.DEFOCUS_BLUR,
-            "blind removal of defocus (disc) blur (radius 1.5-6 px)",
+            "blind removal of defocus (disc) blur (radius 1.5-6 px), alone or inside a mixture",
             "severity",
             SEVERITY_BANDS,
             ("deblur_wiener",),
+            # As for motion blur: inside mixtures the agent meets defocus after its earlier steps (motion blur
+            # left by a failed blind Wiener step, lower resolution, low light, noise and JPEG undone first), with
+            # haze still to be removed later; real photos read as soft carry sensor noise it must not sharpen.
+            context_share=0.5,
+            context_kept=(Degradation.HAZE,),
+            context_after=(
+                Degradation.MOTION_BLUR,
+                Degradation.LOW_RESOLUTION,
+                Degradation.LOW_LIGHT,
+                Degradation.NOISE,
+                Degradation.JPEG,
+            ),
+            context_only_share=0.1,
+            capture_share=0.3,
+            capture_only_share=0.15,
+            capture_deblock_share=0.5,
         ),
         Task(
             "upscale",

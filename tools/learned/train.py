@@ -27,7 +27,16 @@ from typing import Any
 
 import numpy as np
 
-from tools.learned.tasks import ALL_TASKS, CONTEXT_CHANCE, MixtureTask, Task, get_task, has_weights, weights_dir
+from tools.learned.tasks import (
+    ALL_TASKS,
+    CONTEXT_CHANCE,
+    UNDONE_IN_CONTEXT,
+    MixtureTask,
+    Task,
+    get_task,
+    has_weights,
+    weights_dir,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -426,15 +435,26 @@ def _context_line(task: Task) -> str:
         return ""
 
     def kinds(items: tuple) -> str:
-        return ", ".join(kind.value for kind in items) or "none"
+        return ", ".join(kind.value for kind in items)
 
+    after_undone = tuple(kind for kind in task.context_after if kind in UNDONE_IN_CONTEXT)
+    after_left = tuple(kind for kind in task.context_after if kind not in UNDONE_IN_CONTEXT)
+    places = []
+    if task.context_kept:
+        places.append(f"applied first and kept in the target ({kinds(task.context_kept)})")
+    if task.context_removed:
+        places.append(f"applied first and removed too ({kinds(task.context_removed)})")
+    if after_undone:
+        places.append(
+            f"applied after it and undone by the classical tool the agent runs first ({kinds(after_undone)}; "
+            "low resolution left as a bicubic upsampling)"
+        )
+    if after_left:
+        places.append(f"applied after it and left, as a failed earlier step leaves it ({kinds(after_left)})")
     return (
         f" {task.context_share:.0%} of the draws are placed inside a mixture, as the agent meets this "
         f"degradation: each of the other degradations with chance {CONTEXT_CHANCE:.0%} (at least one), "
-        f"applied first and kept in the target ({kinds(task.context_kept)}), applied first and removed too "
-        f"({kinds(task.context_removed)}), or applied after it and undone by the classical tool the agent "
-        f"runs first ({kinds(task.context_after)}: low resolution left as a bicubic upsampling); "
-        f"{task.context_only_share:.0%} of those draws lack the task's own degradation."
+        f"{', or '.join(places)}; {task.context_only_share:.0%} of those draws lack the task's own degradation."
     )
 
 
