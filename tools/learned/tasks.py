@@ -239,7 +239,8 @@ def restored_context(image: np.ndarray, kinds: list[Degradation], rng: np.random
     Low resolution stays a bicubic upsampling (the worst upscaler); JPEG is deblocked by ``deblock_jpeg``
     at the quality used; noise is removed by ``denoise_dct`` given its true sigma (its residue is what a
     later step meets); low light is darkened and brightened back by ``lowlight_retinex`` (the shadows lose
-    their quantisation steps). Anything else is applied unrestored.
+    their quantisation steps). Anything else is applied unrestored. :data:`UNDONE_IN_CONTEXT` lists the
+    undone kinds for the model cards: keep it in step with the branches below.
     """
     from agent.degradations import PHYSICAL_ORDER
     from evals.synthesis import degrade
