@@ -385,6 +385,11 @@ def finish(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
             fidelity,
             ctx.policy.thresholds,
             targets=[Degradation(step["target"]) for step in state["accepted"]],
+            step_tolerances=[
+                float(step["checks"]["iqa_tolerance"])
+                for step in state["accepted"]
+                if step.get("checks", {}).get("iqa_tolerance") is not None
+            ],
         )
         timings["verification"] = time.perf_counter() - start
         if not ctx.policy.thresholds.final_check:

@@ -140,6 +140,19 @@ def step_features(
     }
 
 
+def step_iqa_tolerance(target: Degradation, probability_drop: float, thresholds: Any) -> float:
+    """The NR-IQA tolerance of a step that targeted ``target`` and lowered its probability by ``probability_drop``.
+
+    The target's ``iqa_tolerance_by_target`` entry (else ``iqa_tolerance``), raised to its
+    ``iqa_tolerance_if_confident`` entry when the drop reaches ``confident_target_drop``.
+    """
+    tolerance = thresholds.iqa_tolerance_by_target.get(target, thresholds.iqa_tolerance)
+    confident = thresholds.iqa_tolerance_if_confident.get(target)
+    if confident is not None and probability_drop >= thresholds.confident_target_drop:
+        tolerance = max(tolerance, confident)
+    return float(tolerance)
+
+
 def verify_step(
     target: Degradation,
     before: DegradationReport,
@@ -192,7 +205,8 @@ def verify_step(
         return Verdict(False, "other degradations rose: " + ", ".join(f"{k} +{v}" for k, v in rises.items()), checks)
     if protected_rises:
         return Verdict(False, "removed a protected effect: " + ", ".join(protected_rises), checks)
-    tolerance = thresholds.iqa_tolerance_by_target.get(target, thresholds.iqa_tolerance)
+    tolerance = step_iqa_tolerance(target, prob_drop, thresholds)
+    checks["iqa_tolerance"] = tolerance
     if gain is not None and gain < -tolerance:
         return Verdict(False, f"no-reference quality fell by {-gain:.1%} (tolerance {tolerance:.0%})", checks)
     if fidelity < thresholds.min_fidelity:
@@ -210,11 +224,13 @@ def verify_final(
     fidelity: float,
     thresholds: Any,
     targets: list[Degradation] | None = None,
+    step_tolerances: list[float] | None = None,
 ) -> Verdict:
     """Whether the output beats the input; otherwise the agent returns the input unchanged.
 
-    ``targets`` are the degradations of the accepted steps: the NR-IQA tolerance is the largest
-    of theirs (smoothing steps legitimately lower PIQE/NIQE).
+    ``targets`` are the degradations of the accepted steps and ``step_tolerances`` the NR-IQA tolerances
+    their verdicts used (``checks["iqa_tolerance"]``): the output's tolerance is the largest of these
+    (smoothing steps legitimately lower PIQE/NIQE, and so do confident dehazing and brightening steps).
     """
     load_in = degradation_load(input_report, thresholds)
     load_out = degradation_load(output_report, thresholds)
@@ -237,6 +253,7 @@ def verify_final(
     tolerance = max(
         [thresholds.iqa_tolerance_by_target.get(t, thresholds.iqa_tolerance) for t in targets or []]
         + [thresholds.iqa_tolerance]
+        + list(step_tolerances or [])
     )
     if gain is not None and gain < -tolerance:
         return Verdict(False, f"no-reference quality of the output is {-gain:.1%} worse than the input", checks)

@@ -81,6 +81,20 @@ class Thresholds(_Section):
             "denoising, deblocking and deraining, while brightening, colour and haze steps should not lose quality"
         ),
     )
+    iqa_tolerance_if_confident: dict[Degradation, float] = Field(
+        default_factory=dict,
+        description=(
+            "per targeted degradation, a larger iqa_tolerance for a step after which the assessor is confident the "
+            "target went away (its probability fell by at least confident_target_drop): dehazing and brightening "
+            "often lower PIQE/NIQE even when right, and a large drop tells a right step from a wrong one"
+        ),
+    )
+    confident_target_drop: float = Field(
+        default=0.3,
+        ge=0.0,
+        le=1.0,
+        description="the drop in the target's probability from which iqa_tolerance_if_confident applies",
+    )
     iqa_combine: Literal["mean", "min"] = Field(
         default="mean",
         description=(

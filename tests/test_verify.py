@@ -69,6 +69,31 @@ def test_iqa_tolerance_depends_on_the_target():
     assert not v.accept and "quality fell" in v.reason
 
 
+def test_confident_target_drop_raises_the_iqa_tolerance_of_that_step_and_of_the_output():
+    confident = THRESHOLDS.model_copy(
+        update={
+            "iqa_tolerance_by_target": {Degradation.HAZE: 0.02},
+            "iqa_tolerance_if_confident": {Degradation.HAZE: 0.2},
+            "confident_target_drop": 0.3,
+        }
+    )
+    worse = iqa(50 * 1.1)  # PIQE 10 % worse, as dehazing often scores
+    v = verify_step(Degradation.HAZE, report(haze=0.9), report(haze=0.1), iqa(50), worse, 0.95, confident)
+    assert v.accept, v.reason
+    assert v.checks["iqa_tolerance"] == 0.2
+    # A small drop (0.2) is no evidence that the step was right: the target's own 2 % applies.
+    v = verify_step(Degradation.HAZE, report(haze=0.5), report(haze=0.3), iqa(50), worse, 0.95, confident)
+    assert not v.accept and "tolerance 2%" in v.reason
+    # Other targets are untouched by the haze entry.
+    v = verify_step(Degradation.LOW_LIGHT, report(low_light=0.9), report(), iqa(50), worse, 0.95, confident)
+    assert not v.accept and "quality fell" in v.reason
+    # The final check tolerates what the accepted steps' verdicts tolerated, and no more.
+    args = (report(haze=0.9), report(haze=0.1), iqa(50), worse, 0.99, confident, [Degradation.HAZE])
+    assert not verify_final(*args).accept
+    assert verify_final(*args, step_tolerances=[0.2]).accept
+    assert not verify_final(*args, step_tolerances=[0.05]).accept
+
+
 def test_fidelity_guard_rejects_lost_structure():
     v = verify_step(Degradation.NOISE, report(noise=0.9), report(), iqa(50), iqa(45), 0.2, THRESHOLDS)
     assert not v.accept and "structure" in v.reason
