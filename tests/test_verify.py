@@ -124,7 +124,9 @@ def test_iqa_combine_min_requires_every_metric_to_improve():
     assert iqa_gain(before, after, "min") == pytest.approx(-0.02)
     with pytest.raises(ValueError, match="iqa_combine"):
         iqa_gain(before, after, "median")
-    strict = THRESHOLDS.model_copy(update={"iqa_combine": "min", "iqa_tolerance": 0.0})
+    strict = THRESHOLDS.model_copy(
+        update={"iqa_combine": "min", "iqa_tolerance": 0.0, "iqa_tolerance_if_confident": {}}
+    )
     verdict = verify_step(Degradation.HAZE, report(haze=0.9), report(haze=0.1), before, after, 0.95, strict)
     assert not verdict.accept and "fell" in verdict.reason
     assert verify_step(Degradation.HAZE, report(haze=0.9), report(haze=0.1), before, after, 0.95, THRESHOLDS).accept
