@@ -86,18 +86,21 @@ _BLURS = frozenset({Degradation.MOTION_BLUR, Degradation.DEFOCUS_BLUR, Degradati
 
 #: What removing a degradation can legitimately reveal or amplify: noise and JPEG blocks hide
 #: blur; noise also lowers the dark channel (its minima), so denoising raises that haze cue and shows
-#: haze the noise was hiding; smoothing away rain looks like blur; brightening or dehazing lifts noise
-#: and blocks out of the shadows; haze flattens contrast, so the blur left under it shows once it is gone.
+#: haze the noise was hiding, and it drowns thin rain streaks, which show once it is gone; smoothing away
+#: rain looks like blur; brightening or dehazing lifts noise and blocks out of the shadows; darkness
+#: compresses contrast, so brightening also makes blur and rain streaks measurable; haze flattens contrast,
+#: so the blur left under it shows once it is gone.
 #: (Brightening also lifts the dark channel, a haze cue, but a haze step after brightening was
 #: seen to wreck an image, so that rise still counts against the step.)
 #: The verifier does not hold such a rise against the step, and the
 #: planner may take a revealed type up again.
 REVEALS: dict[Degradation, frozenset[Degradation]] = {
-    Degradation.NOISE: _BLURS | {Degradation.HAZE},
+    Degradation.NOISE: _BLURS | {Degradation.HAZE, Degradation.RAIN},
     Degradation.JPEG: _BLURS,
     Degradation.RAIN: _BLURS,
     Degradation.RAINDROP: _BLURS,
-    Degradation.LOW_LIGHT: frozenset({Degradation.NOISE, Degradation.JPEG, Degradation.COLOR_CAST}),
+    Degradation.LOW_LIGHT: frozenset({Degradation.NOISE, Degradation.JPEG, Degradation.COLOR_CAST, Degradation.RAIN})
+    | _BLURS,
     Degradation.HAZE: frozenset({Degradation.NOISE, Degradation.JPEG, Degradation.COLOR_CAST, Degradation.LOW_LIGHT})
     | _BLURS,
     Degradation.COLOR_CAST: frozenset(),

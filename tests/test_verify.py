@@ -60,6 +60,21 @@ def test_rejects_an_unrelated_rise_but_tolerates_a_revealed_one():
     assert not v.accept and "haze" in v.reason
 
 
+def test_brightening_and_denoising_may_reveal_blur_and_rain_they_hid():
+    dark = report(low_light=0.9, rain=0.1, defocus_blur=0.1)
+    lit = report(low_light=0.1, rain=0.5, defocus_blur=0.6)  # streaks and blur measurable once brighter
+    v = verify_step(Degradation.LOW_LIGHT, dark, lit, iqa(50), iqa(45), 0.95, THRESHOLDS)
+    assert v.accept, v.reason
+    assert v.checks["revealed"] == {"rain": 0.4, "defocus_blur": 0.5}
+    v = verify_step(
+        Degradation.NOISE, report(noise=0.9), report(noise=0.1, rain=0.6), iqa(50), iqa(45), 0.95, THRESHOLDS
+    )
+    assert v.accept and v.checks["revealed"] == {"rain": 0.6}
+    # Deraining hides no noise: a noise rise still counts against it.
+    v = verify_step(Degradation.RAIN, report(rain=0.9), report(rain=0.1, noise=0.7), iqa(50), iqa(45), 0.95, THRESHOLDS)
+    assert not v.accept and "noise" in v.reason
+
+
 def test_iqa_tolerance_depends_on_the_target():
     # Denoising may lower PIQE/NIQE by up to 35 %; brightening may not lower it by 2 %.
     worse = iqa(50 * 1.2)
