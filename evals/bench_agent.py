@@ -96,7 +96,9 @@ def compare_results(runs_a: list[str | Path], runs_b: list[str | Path], tie: flo
     Returns:
         ``n``, the mean output PSNR gain of each side over the inputs, the mean and extremes of the
         per-image difference B - A, how many images B made better / worse by more than ``tie`` dB, the
-        Wilcoxon signed-rank p-value of the differences, and each side's mean tool calls and median wall time.
+        Wilcoxon signed-rank p-value of the differences, each side's mean tool calls and median wall time, and
+        ``out_of_time``: the changed images whose run, on either side, stopped at the policy's time budget
+        (``out_of_time`` in the rows; a load-dependent stop, not a decision of the policies compared).
     """
     from scipy.stats import wilcoxon
 
@@ -139,6 +141,11 @@ def compare_results(runs_a: list[str | Path], runs_b: list[str | Path], tie: flo
         "largest_gain": float(diff.max()),
         "largest_loss": float(diff.min()),
         "p_value": p_value,
+        "out_of_time": [
+            a["stem"]
+            for (a, b), moved in zip(pairs, changed, strict=True)
+            if moved and (a.get("out_of_time") or b.get("out_of_time"))
+        ],
     }
 
 
@@ -162,6 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=None, help="override best_of_k's k")
     parser.add_argument("--attempts", type=int, default=None, help="override the policy's max_attempts_per_step")
     parser.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        help="override the policy's time_budget_s (its stop depends on the machine's load, e.g. parallel runs)",
+    )
+    parser.add_argument(
         "--reference-score",
         action="store_true",
         help="diagnostic upper bound: best-of-k ranks candidates by their true PSNR gain (uses the clean image)",
@@ -181,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", nargs="+", default=None, metavar="RUN", help="runs A (results.json or folders)")
     parser.add_argument("--against", nargs="+", default=None, metavar="RUN", help="runs B, paired with --compare")
     args = parser.parse_args(argv)
+    if args.time_budget is not None and args.time_budget <= 0:
+        print("error: --time-budget must be positive (seconds)", file=sys.stderr)
+        return 2
     if args.compare or args.against:
         try:
             comparison = compare_results(args.compare or [], args.against or [])
@@ -201,6 +217,12 @@ def main(argv: list[str] | None = None) -> int:
             f"from {comparison['largest_loss']:+.2f} to {comparison['largest_gain']:+.2f}"
         )
         print(f"Wilcoxon signed-rank  : p = {comparison['p_value']:.3g}")
+        if comparison["out_of_time"]:
+            print(
+                f"time budget hit       : {len(comparison['out_of_time'])} changed image(s) stopped at the policy's "
+                f"time budget in one run ({', '.join(comparison['out_of_time'])}); rerun on an idle machine or with "
+                "--time-budget"
+            )
         print(json.dumps(comparison))
         return 0
     if args.report:
@@ -239,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
         from agent.planning.learn_score import with_attempts
 
         policy = with_attempts(policy, args.attempts)
+    if args.time_budget is not None:
+        budgets = policy.budgets.model_copy(update={"time_budget_s": args.time_budget})
+        policy = policy.model_copy(update={"budgets": budgets})
     if args.reference_score and policy.strategy.name != "best_of_k":
         print("error: --reference-score ranks best-of-k candidates; add --strategy best_of_k", file=sys.stderr)
         return 2
@@ -294,6 +319,10 @@ def main(argv: list[str] | None = None) -> int:
                 "kept": result.kept,
                 "tool_calls": result.trace.get("tool_calls", 0),
                 "attempt_psnr": attempt_psnr,
+                "out_of_time": any(
+                    a.get("decision") == "stop" and str(a.get("reason", "")).startswith("time budget")
+                    for a in result.trace.get("attempts", [])
+                ),
             }
         )
     (out / "results.json").write_text(json.dumps(rows, indent=2))

@@ -36,6 +36,21 @@ def test_compare_pools_pairs_of_runs_and_counts_changed_images(tmp_path, capsys)
     assert "Wilcoxon" in capsys.readouterr().out
 
 
+def test_compare_names_changed_images_whose_run_stopped_at_the_time_budget(tmp_path, capsys):
+    a = _write(tmp_path / "a", [21.0, 22.0, 23.0])
+    b = _write(tmp_path / "b", [21.0, 25.0, 20.0])
+    rows = json.loads((b / "results.json").read_text())
+    rows[0]["out_of_time"] = True  # unchanged image: not worth a warning
+    rows[2]["out_of_time"] = True  # lost 3 dB because its run stopped early
+    (b / "results.json").write_text(json.dumps(rows))
+    assert compare_results([a], [b])["out_of_time"] == ["002_A1_img"]
+    assert compare_results([a], [a])["out_of_time"] == []
+    assert main(["--compare", str(a), "--against", str(b)]) == 0
+    assert "time budget hit       : 1 changed image(s)" in capsys.readouterr().out
+    assert main(["--time-budget", "0", "--limit", "1"]) == 2
+    assert "--time-budget must be positive" in capsys.readouterr().err
+
+
 def test_compare_refuses_runs_made_on_different_images(tmp_path, capsys):
     a = _write(tmp_path / "a", [21.0, 22.0])
     other = _write(tmp_path / "other", [21.0, 22.0], inputs=[19.0, 20.0])
