@@ -230,7 +230,7 @@ def verify_final(
 
     ``targets`` are the degradations of the accepted steps and ``step_tolerances`` the NR-IQA tolerances
     their verdicts used (``checks["iqa_tolerance"]``): the output's tolerance is the largest of these
-    (smoothing steps legitimately lower PIQE/NIQE, and so do confident dehazing and brightening steps).
+    (smoothing steps legitimately lower PIQE/NIQE, and so may a step after a confident target drop).
     """
     load_in = degradation_load(input_report, thresholds)
     load_out = degradation_load(output_report, thresholds)
