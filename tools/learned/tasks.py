@@ -223,14 +223,35 @@ def deblocked(image: np.ndarray, quality: float) -> np.ndarray:
 #: Chance of each context degradation in an in-context draw (at least one is always applied).
 CONTEXT_CHANCE = 0.3
 
-#: Later degradations that :func:`restored_context` undoes as the agent's classical step would (low resolution
-#: as a bicubic upsampling); any other is left as it is, as a failed earlier step leaves it.
-UNDONE_IN_CONTEXT: tuple[Degradation, ...] = (
-    Degradation.LOW_RESOLUTION,
-    Degradation.LOW_LIGHT,
-    Degradation.NOISE,
-    Degradation.JPEG,
-)
+
+def _undo_low_resolution(image: np.ndarray, applied: dict[str, Any], registry: Any) -> np.ndarray:
+    return image  # the synthesis already upsamples bicubically, the worst upscaler the agent has
+
+
+def _undo_jpeg(image: np.ndarray, applied: dict[str, Any], registry: Any) -> np.ndarray:
+    return deblocked(image, applied["quality"])
+
+
+def _undo_noise(image: np.ndarray, applied: dict[str, Any], registry: Any) -> np.ndarray:
+    params = {"strength": 1.0, "sigma": min(float(applied["sigma"]), 0.3), "poisson": bool(applied["poisson"])}
+    return registry.get("denoise_dct")(image, params).image
+
+
+def _undo_low_light(image: np.ndarray, applied: dict[str, Any], registry: Any) -> np.ndarray:
+    return registry.get("lowlight_retinex")(image, {"strength": 1.0}).image
+
+
+#: How :func:`restored_context` undoes a later degradation, as the agent's classical step would: ``(image,
+#: synthesis parameters, tool registry) -> image``. A kind without an entry is left as a failed step leaves it.
+_CONTEXT_UNDO = {
+    Degradation.LOW_RESOLUTION: _undo_low_resolution,
+    Degradation.LOW_LIGHT: _undo_low_light,
+    Degradation.NOISE: _undo_noise,
+    Degradation.JPEG: _undo_jpeg,
+}
+
+#: The later degradations :func:`restored_context` undoes (the model cards list them); any other stays.
+UNDONE_IN_CONTEXT: tuple[Degradation, ...] = tuple(_CONTEXT_UNDO)
 
 
 def restored_context(image: np.ndarray, kinds: list[Degradation], rng: np.random.Generator) -> np.ndarray:
@@ -239,8 +260,8 @@ def restored_context(image: np.ndarray, kinds: list[Degradation], rng: np.random
     Low resolution stays a bicubic upsampling (the worst upscaler); JPEG is deblocked by ``deblock_jpeg``
     at the quality used; noise is removed by ``denoise_dct`` given its true sigma (its residue is what a
     later step meets); low light is darkened and brightened back by ``lowlight_retinex`` (the shadows lose
-    their quantisation steps). Anything else is applied unrestored. :data:`UNDONE_IN_CONTEXT` lists the
-    undone kinds for the model cards: keep it in step with the branches below.
+    their quantisation steps). Anything else is applied unrestored (:data:`UNDONE_IN_CONTEXT` lists the
+    undone kinds).
     """
     from agent.degradations import PHYSICAL_ORDER
     from evals.synthesis import degrade
@@ -249,13 +270,9 @@ def restored_context(image: np.ndarray, kinds: list[Degradation], rng: np.random
     registry = default_registry()
     for kind in sorted(set(kinds), key=PHYSICAL_ORDER.index):
         image, applied = degrade(image, kind, rng)
-        if kind is Degradation.JPEG:
-            image = deblocked(image, applied["quality"])
-        elif kind is Degradation.NOISE:
-            params = {"strength": 1.0, "sigma": min(float(applied["sigma"]), 0.3), "poisson": bool(applied["poisson"])}
-            image = registry.get("denoise_dct")(image, params).image
-        elif kind is Degradation.LOW_LIGHT:
-            image = registry.get("lowlight_retinex")(image, {"strength": 1.0}).image
+        undo = _CONTEXT_UNDO.get(kind)
+        if undo is not None:
+            image = undo(image, applied, registry)
     return np.clip(image, 0.0, 1.0).astype(np.float32)
 
 
