@@ -94,12 +94,19 @@ def plan(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
     if budgets.time_budget_s is not None and spent >= budgets.time_budget_s:
         return {
             "step": None,
-            "attempts": [{"decision": "stop", "reason": f"time budget {budgets.time_budget_s}s spent"}],
+            "attempts": [
+                {
+                    "decision": "stop",
+                    "stopped_by": "time_budget",
+                    "reason": f"time budget {budgets.time_budget_s}s spent",
+                }
+            ],
         }
     intent = Intent.from_dict(state.get("intent"))
     if intent.needs_clarification:
         question = intent.clarification.question if intent.clarification else "please rephrase the request"
-        return {"step": None, "attempts": [{"decision": "stop", "reason": f"request unclear: {question}"}]}
+        stop = {"decision": "stop", "stopped_by": "unclear_request", "reason": f"request unclear: {question}"}
+        return {"step": None, "attempts": [stop]}
     update: dict[str, Any] = {}
     planned = state.get("model_plan")
     if ctx.planner is not None and planned is None:

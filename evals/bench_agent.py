@@ -319,10 +319,7 @@ def main(argv: list[str] | None = None) -> int:
                 "kept": result.kept,
                 "tool_calls": result.trace.get("tool_calls", 0),
                 "attempt_psnr": attempt_psnr,
-                "out_of_time": any(
-                    a.get("decision") == "stop" and str(a.get("reason", "")).startswith("time budget")
-                    for a in result.trace.get("attempts", [])
-                ),
+                "out_of_time": any(a.get("stopped_by") == "time_budget" for a in result.trace.get("attempts", [])),
             }
         )
     (out / "results.json").write_text(json.dumps(rows, indent=2))

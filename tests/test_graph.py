@@ -57,6 +57,16 @@ def test_run_accepts_good_steps_and_writes_trace(tmp_path):
     assert "fake_denoise" in table and "accept" in table
 
 
+def test_spent_time_budget_stops_the_run_and_says_why(tmp_path):
+    ctx = fake_context()
+    budgets = ctx.policy.budgets.model_copy(update={"time_budget_s": 1e-9})  # perception alone spends it
+    ctx.policy = ctx.policy.model_copy(update={"budgets": budgets})
+    result = restore_image(noisy_dark_image(tmp_path / "in.png"), tmp_path / "run", ctx)
+    stop = load_trace(tmp_path / "run")["attempts"][-1]
+    assert stop["decision"] == "stop" and stop["stopped_by"] == "time_budget"
+    assert result.kept == "input"
+
+
 def test_failing_and_harmful_tools_are_retried_then_the_good_one_kept(tmp_path):
     image = noisy_dark_image(tmp_path / "in.png")
     ctx = fake_context(noise_candidates=["fake_fail", "fake_invert", "fake_denoise"])
