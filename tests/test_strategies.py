@@ -542,3 +542,24 @@ def test_headroom_is_the_hindsight_best_explored_run_over_the_policys_own(tmp_pa
     out = capsys.readouterr().out
     assert "orders" in out and "+0.200 dB mean" in out
     assert explore_order.main(["--headroom", "--runs", str(tmp_path / "missing.json")]) == 2
+
+
+def test_exploration_time_budget_override_reaches_every_run(monkeypatch):
+    from agent.planning import explore_order
+    from policies import load_policy
+
+    seen = []
+
+    class RecordingContext:
+        def __init__(self, policy):
+            seen.append(policy.budgets.time_budget_s)
+            raise RuntimeError("recorded")
+
+    monkeypatch.setattr("agent.context.RunContext", RecordingContext)
+    monkeypatch.setattr(explore_order, "TIME_BUDGET_OVERRIDE", 7.5)
+    default = load_policy("default")
+    with pytest.raises(RuntimeError, match="recorded"):
+        explore_order._restore_jobs([(0, {}, "k", lambda: default)], "test")
+    assert seen == [7.5] and default.budgets.time_budget_s != 7.5  # the loaded policy itself is untouched
+    assert explore_order.with_time_budget(default, None) is default
+    assert explore_order.main(["--time-budget", "0"]) == 2
