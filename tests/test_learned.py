@@ -462,3 +462,96 @@ def test_a_task_trained_in_mixtures_is_also_evaluated_in_mixtures(tmp_path):
     row = results["bands"]["in mixtures: severity 0.67-1"]
     assert row["best_classical"] == "deblur_wiener" and np.isfinite(row["learned"])
     assert "in mixtures: severity 0-0.33" in markdown_table(results)
+
+
+def test_noise_level_condition_reads_the_noise_and_is_measured_on_every_training_input():
+    from evals.synthesis import degrade
+    from tools.learned.conditions import condition_dim, measure_condition
+    from tools.learned.tasks import get_task
+    from tools.learned.train import make_batch
+
+    rng = np.random.default_rng(0)
+    flat = np.full((96, 96, 3), 0.5, np.float32)
+    noisy = np.clip(flat + rng.normal(0, 25 / 255, flat.shape), 0, 1).astype(np.float32)
+    assert np.all(measure_condition("noise_level", flat) < 0.05)
+    assert np.allclose(measure_condition("noise_level", noisy), 1.0, atol=0.15)  # 25/255 reads 1.0
+    assert condition_dim(None) == 0 and condition_dim("noise_level") == 3
+    textured = np.clip(
+        0.5 + 0.2 * np.sin(np.arange(128) / 3.0)[:, None, None] + rng.normal(0, 0.05, (128, 128, 3)), 0, 1
+    )
+    compressed, _ = degrade(textured.astype(np.float32), Degradation.JPEG, rng, quality=20)
+    assert measure_condition("jpeg_quality", compressed)[0] == pytest.approx(0.2, abs=0.05)
+    assert measure_condition("jpeg_quality", compressed)[1] > 0.5  # a clear DCT lattice
+    assert measure_condition("jpeg_quality", textured.astype(np.float32))[0] == 1.0
+    assert measure_condition("jpeg_quality", flat[:16, :16]).tolist() == [1.0, 0.0, 0.0]  # too small to measure
+    with pytest.raises(ValueError, match="unknown condition"):
+        condition_dim("moon_phase")
+
+    images = [rng.random((40, 40, 3), dtype=np.float32)]
+    degraded, clean, conditions = make_batch(get_task("denoise"), images, 3, 24, np.random.default_rng(1))
+    assert conditions.shape == (3, 0)  # unconditioned: nothing measured
+    again = make_batch(get_task("denoise"), images, 3, 24, np.random.default_rng(1), condition="noise_level")
+    assert np.array_equal(again[0], degraded) and np.array_equal(again[1], clean)  # the same draws
+    assert again[2].shape == (3, 3)
+    expected = [measure_condition("noise_level", np.ascontiguousarray(d.transpose(1, 2, 0))) for d in degraded]
+    assert np.allclose(again[2], expected)
+
+
+def test_conditioning_an_unconditioned_model_starts_from_its_outputs_and_trains(tmp_path):
+    from tools.learned.restorers import NAFNetDenoise
+    from tools.learned.train import TrainSettings, load_model, reproduce_command, train
+
+    shared = fake_shared(tmp_path / "shared")
+    blind = tmp_path / "blind"
+    settings = TrainSettings(task="denoise", steps=1, batch_size=2, crop=24, val_images=1, val_every=1)
+    train(settings, shared, blind, model_config=TINY.to_dict(), progress=False, checkpoint_dir=tmp_path / "ck1")
+    image = torch.rand(1, 3, 32, 32)
+    blind_model = load_model(blind)
+    added = load_model(blind, condition="noise_level")
+    assert added.config.condition_dim == 3
+    with torch.no_grad():  # zero-initialised conditioning layers: the same outputs whatever the condition
+        assert torch.allclose(added(image, torch.rand(1, 3) * 3), blind_model(image), atol=1e-6)
+
+    conditioned = tmp_path / "conditioned"
+    settings = TrainSettings(
+        task="denoise",
+        steps=3,
+        batch_size=2,
+        crop=24,
+        val_images=1,
+        val_every=3,
+        init_from=str(blind),
+        condition="noise_level",
+    )
+    record = train(settings, shared, conditioned, progress=False, checkpoint_dir=tmp_path / "ck2")
+    assert record["condition"] == "noise_level" and record["model"]["condition_dim"] == 3
+    assert "--condition noise_level" in reproduce_command("denoise", record["training"], record["model"])
+    assert "Conditioned on `noise_level`" in (conditioned / "MODEL_CARD.md").read_text()
+    with pytest.raises(ValueError, match="trained with condition 'noise_level'"):
+        train(
+            TrainSettings(task="denoise", steps=4, condition="other"),
+            shared,
+            conditioned,
+            resume=True,
+            progress=False,
+            checkpoint_dir=tmp_path / "ck2",
+        )
+
+    tool = NAFNetDenoise(weights=conditioned)
+    noisy = np.random.default_rng(0).random((48, 40, 3), dtype=np.float32)
+    whole, tiled = tool(noisy, {"tile": 0}).image, tool(noisy, {"tile": 32}).image
+    assert tool.condition == "noise_level" and whole.shape == noisy.shape
+    assert np.abs(whole - tiled).mean() < 0.03  # one condition for the whole image, shared by the tiles
+
+
+def test_a_conditioned_model_without_a_condition_kind_is_refused():
+    from tools.learned.restorers import NAFNetDenoise
+
+    conditioned = _perturbed(
+        NAFNetConfig(width=4, encoder_blocks=(1,), middle_blocks=1, decoder_blocks=(1,), condition_dim=3)
+    )
+    image = np.random.default_rng(0).random((16, 16, 3), dtype=np.float32)
+    with pytest.raises(ToolError, match="conditioned but no condition kind"):
+        NAFNetDenoise(model=conditioned)(image, {})
+    out = NAFNetDenoise(model=conditioned, condition="noise_level")(image, {"tile": 0})
+    assert out.image.shape == image.shape

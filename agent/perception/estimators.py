@@ -419,6 +419,11 @@ def _jpeg(y: np.ndarray) -> dict[str, float]:
     }
 
 
+def jpeg_measurements(image: np.ndarray) -> dict[str, float]:
+    """The JPEG measurements of :func:`measure` alone (blockiness, DCT lattice, IJG quality) for an RGB image."""
+    return _jpeg(_luma(_check(image)))
+
+
 def _folded(diff_profile: np.ndarray) -> np.ndarray | None:
     n = len(diff_profile) // 8 * 8
     return diff_profile[:n].reshape(-1, 8).mean(axis=0) if n >= 32 else None

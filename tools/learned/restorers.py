@@ -10,6 +10,7 @@ This module is imported by :func:`tools.learned.register_all`, not by ``tools`` 
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,7 +32,12 @@ class LearnedRestorer(Tool):
     task: ClassVar[str]
 
     def __init__(
-        self, weights: Path | str | None = None, device: str | None = None, dtype: str | None = None, model: Any = None
+        self,
+        weights: Path | str | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+        model: Any = None,
+        condition: str | None = None,
     ) -> None:
         """Create the tool; nothing is loaded until the first call.
 
@@ -40,11 +46,14 @@ class LearnedRestorer(Tool):
             device: ``"cpu"`` (default), ``"cuda"``, ``"auto"``...; falls back to ``$RESTORA_DEVICE``.
             dtype: ``"float32"`` (default), ``"float16"`` or ``"bfloat16"``; falls back to ``$RESTORA_DTYPE``.
             model: An already built network (tests inject a tiny one); skips loading weights.
+            condition: The condition kind an injected conditioned ``model`` takes (loaded weights name their own
+                in ``config.json``; see :mod:`tools.learned.conditions`).
         """
         super().__init__()
         self.weights = Path(weights) if weights is not None else None
         self.device_name, self.dtype_name = device, dtype
         self.model = model
+        self.condition = condition
 
     def weights_folder(self) -> Path:
         """Where this tool looks for its weights."""
@@ -78,7 +87,10 @@ class LearnedRestorer(Tool):
             from tools.learned.train import load_model
 
             self.model = load_model(folder)
+            self.condition = json.loads((folder / "config.json").read_text()).get("condition")
             logger.info("%s: loaded weights from %s", self.spec.name, folder)
+        if getattr(self.model, "config", None) is not None and self.model.config.condition_dim and not self.condition:
+            raise ToolError(f"{self.spec.name}: the network is conditioned but no condition kind is known")
         self.model = self.model.to(device=self.device, dtype=self.dtype).eval()
 
     def apply(self, image: np.ndarray, **params: Any) -> np.ndarray:
@@ -88,9 +100,18 @@ class LearnedRestorer(Tool):
         from tools.learned.tiling import tiled_forward, to_image, to_tensor
 
         tile = int(params.get("tile", TILE.default))
+        vector = None
+        if self.condition:  # measured once on the whole image, shared by every tile
+            from tools.learned.conditions import measure_condition
+
+            vector = torch.from_numpy(measure_condition(self.condition, image)).to(self.device, self.dtype)
+
+        def network(patch: torch.Tensor) -> torch.Tensor:
+            return self.model(patch, None if vector is None else vector.expand(patch.shape[0], -1))
+
         with torch.inference_mode():
             tensor = to_tensor(image, self.device, self.dtype)
-            out = tiled_forward(self.model, tensor, tile=tile, overlap=min(OVERLAP, tile // 4))
+            out = tiled_forward(network, tensor, tile=tile, overlap=min(OVERLAP, tile // 4))
         return to_image(out)
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from tools.learned.conditions import CONDITIONS, condition_dim, measure_condition
 from tools.learned.tasks import (
     ALL_TASKS,
     CONTEXT_CHANCE,
@@ -68,6 +69,9 @@ class TrainSettings:
     #: Accept ``init_from`` weights trained for another task (e.g. a motion deblurrer started from the
     #: defocus deblurrer); the architecture then comes from there too.
     init_other_task: bool = False
+    #: A condition vector measured on each input (:mod:`tools.learned.conditions`, e.g. ``"noise_level"``);
+    #: an unconditioned ``init_from`` model gains zero-initialised conditioning layers (same outputs at first).
+    condition: str | None = None
 
 
 def split_images(names: list[str], val_images: int, seed: int) -> dict[str, list[str]]:
@@ -88,19 +92,30 @@ def random_crop(image: np.ndarray, crop: int, rng: np.random.Generator) -> np.nd
 
 
 def make_batch(
-    task: Task | MixtureTask, images: list[np.ndarray], batch_size: int, crop: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Degraded and target patches, each ``(B, 3, crop, crop)`` float32.
+    task: Task | MixtureTask,
+    images: list[np.ndarray],
+    batch_size: int,
+    crop: int,
+    rng: np.random.Generator,
+    condition: str | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Degraded and target patches, each ``(B, 3, crop, crop)`` float32, and their conditions ``(B, D)``.
 
-    The target is the clean crop, or what the task leaves of a mixture (:meth:`Task.sample_pair`).
+    The target is the clean crop, or what the task leaves of a mixture (:meth:`Task.sample_pair`). The
+    conditions are measured on each degraded patch (``D`` is 0 without a ``condition``).
     """
-    degraded, clean = [], []
+    degraded, clean, conditions = [], [], []
     for _ in range(batch_size):
         patch = random_crop(images[int(rng.integers(len(images)))], crop, rng)
         noisy, target, _ = task.sample_pair(patch, rng)
         degraded.append(noisy.transpose(2, 0, 1))
         clean.append(target.transpose(2, 0, 1))
-    return np.stack(degraded).astype(np.float32), np.stack(clean).astype(np.float32)
+        conditions.append(measure_condition(condition, noisy) if condition else np.zeros(0, np.float32))
+    return (
+        np.stack(degraded).astype(np.float32),
+        np.stack(clean).astype(np.float32),
+        np.stack(conditions).astype(np.float32),
+    )
 
 
 def batch_stream(task: Task | MixtureTask, images: list[np.ndarray], settings: TrainSettings, start_step: int):
@@ -119,8 +134,8 @@ def batch_stream(task: Task | MixtureTask, images: list[np.ndarray], settings: T
             info = get_worker_info()
             rng = np.random.default_rng([settings.seed, start_step, info.id if info else 0])
             while True:
-                degraded, clean = make_batch(task, images, settings.batch_size, settings.crop, rng)
-                yield torch.from_numpy(degraded), torch.from_numpy(clean)
+                batch = make_batch(task, images, settings.batch_size, settings.crop, rng, settings.condition)
+                yield tuple(torch.from_numpy(part) for part in batch)
 
     loader = DataLoader(
         _Batches(),
@@ -160,30 +175,48 @@ def pick_device() -> str:
 
 
 def validation_set(
-    task: Task | MixtureTask, images: list[np.ndarray], seed: int, crop: int = 128
-) -> tuple[np.ndarray, np.ndarray]:
-    """A fixed validation batch: two centre-ish crops per validation image, degraded with a fixed seed."""
+    task: Task | MixtureTask, images: list[np.ndarray], seed: int, crop: int = 128, condition: str | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A fixed validation batch: two centre-ish crops per validation image, degraded with a fixed seed.
+
+    Returns degraded and target crops and the conditions measured on the degraded ones (as :func:`make_batch`).
+    """
     rng = np.random.default_rng([seed, 12345])
-    degraded, clean = [], []
+    degraded, clean, conditions = [], [], []
     for image in images:
         for _ in range(2):
             patch = random_crop(image, min(crop, *image.shape[:2]), rng)
             noisy, target, _ = task.sample_pair(patch, rng)
             degraded.append(noisy.transpose(2, 0, 1))
             clean.append(target.transpose(2, 0, 1))
-    return np.stack(degraded).astype(np.float32), np.stack(clean).astype(np.float32)
+            conditions.append(measure_condition(condition, noisy) if condition else np.zeros(0, np.float32))
+    return (
+        np.stack(degraded).astype(np.float32),
+        np.stack(clean).astype(np.float32),
+        np.stack(conditions).astype(np.float32),
+    )
 
 
-def evaluate_batch(model, degraded: np.ndarray, clean: np.ndarray, device: str) -> tuple[float, float]:
+def _condition_or_none(conditions):
+    """The model's ``condition`` argument: the batch's conditions, or ``None`` when they are empty (D = 0)."""
+    return conditions if conditions.shape[-1] else None
+
+
+def evaluate_batch(
+    model, degraded: np.ndarray, clean: np.ndarray, device: str, conditions: np.ndarray | None = None
+) -> tuple[float, float]:
     """Mean RGB PSNR (dB) of the input and of the model's output on a validation batch."""
     import torch
 
+    if conditions is None:
+        conditions = np.zeros((len(degraded), 0), np.float32)
     model.eval()
     outputs = []
     with torch.inference_mode():
         for start in range(0, len(degraded), 8):
             batch = torch.from_numpy(degraded[start : start + 8]).to(device)
-            outputs.append(model(batch).clamp(0, 1).cpu().numpy())
+            condition = _condition_or_none(torch.from_numpy(conditions[start : start + 8]).to(device))
+            outputs.append(model(batch, condition).clamp(0, 1).cpu().numpy())
     model.train()
     restored = np.concatenate(outputs)
 
@@ -204,14 +237,33 @@ def save_weights(model, out: Path, config: dict[str, Any]) -> None:
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
-def load_model(folder: Path, device: str = "cpu"):
-    """Build the network described by ``folder/config.json`` and load ``folder/model.safetensors``."""
+def load_model(folder: Path, device: str = "cpu", condition: str | None = None):
+    """Build the network described by ``folder/config.json`` and load ``folder/model.safetensors``.
+
+    With ``condition`` naming a kind the saved model was not trained with, the network gets
+    zero-initialised conditioning layers of that kind's size (its outputs are unchanged until trained).
+
+    Raises:
+        ValueError: when the saved model is conditioned on another kind than ``condition``.
+    """
     from safetensors.torch import load_file
 
     from tools.learned.nafnet import NAFNet, NAFNetConfig
 
-    model = NAFNet(NAFNetConfig.load(folder / "config.json"))
-    model.load_state_dict(load_file(str(folder / "model.safetensors"), device="cpu"))
+    config = NAFNetConfig.load(folder / "config.json")
+    saved_condition = json.loads((folder / "config.json").read_text()).get("condition")
+    state = load_file(str(folder / "model.safetensors"), device="cpu")
+    if condition is None or condition == saved_condition:
+        model = NAFNet(config)
+        model.load_state_dict(state)
+    elif config.condition_dim:
+        raise ValueError(f"{folder} holds a model conditioned on {saved_condition!r}, not {condition!r}")
+    else:
+        config = NAFNetConfig.from_dict({**config.to_dict(), "condition_dim": condition_dim(condition)})
+        model = NAFNet(config)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or any("condition" not in key for key in missing):
+            raise ValueError(f"{folder}: weights do not fit the conditioned network ({missing=}, {unexpected=})")
     return model.to(device).eval()
 
 
@@ -266,6 +318,12 @@ def train(
             raise ValueError(f"{checkpoint_path} is for task {state['settings']['task']!r}, not {settings.task!r}")
         model_config = state["model_config"]
         settings.init_from = state["settings"].get("init_from")  # the checkpoint already holds those weights
+        if settings.condition and settings.condition != state["settings"].get("condition"):
+            raise ValueError(
+                f"{checkpoint_path} was trained with condition {state['settings'].get('condition')!r}, "
+                f"not {settings.condition!r}"
+            )
+        settings.condition = state["settings"].get("condition")
     initial: dict[str, Any] | None = None
     if settings.init_from and not resume:
         start = Path(settings.init_from)
@@ -278,11 +336,14 @@ def train(
                 "(--init-other-task starts from it anyway)"
             )
         model_config = initial["model"]
+    if settings.condition and not resume and initial is None:
+        model_config = {**(model_config or {}), "condition_dim": condition_dim(settings.condition)}
     torch.manual_seed(settings.seed)
     config = NAFNetConfig.from_dict(model_config) if model_config else NAFNetConfig()
     initialised_from = state.get("initialised_from") if state is not None else None
     if initial is not None:
-        model = load_model(start, device)  # put in training mode before the loop
+        model = load_model(start, device, settings.condition)  # put in training mode before the loop
+        config = model.config
         initialised_from = {
             "folder": str(settings.init_from),
             "steps_done": initial["training"].get("steps_done", initial["training"].get("steps")),
@@ -342,7 +403,9 @@ def train(
         torch.save(snapshot, partial)
         partial.replace(checkpoint_path)
 
-    val_degraded, val_clean = validation_set(task, val_images, settings.seed)
+    val_degraded, val_clean, val_conditions = validation_set(
+        task, val_images, settings.seed, condition=settings.condition
+    )
     criterion = loss_fn(settings.loss)
     model.train()
     started = time.perf_counter()
@@ -356,17 +419,18 @@ def train(
 
     while step < settings.steps and not out_of_time():
         if stream is not None:
-            degraded_t, clean_t = next(stream)
+            degraded_t, clean_t, condition_t = next(stream)
         else:
-            degraded, clean = make_batch(task, train_images, settings.batch_size, settings.crop, rng)
-            degraded_t, clean_t = torch.from_numpy(degraded), torch.from_numpy(clean)
+            batch = make_batch(task, train_images, settings.batch_size, settings.crop, rng, settings.condition)
+            degraded_t, clean_t, condition_t = (torch.from_numpy(part) for part in batch)
         degraded_t = degraded_t.to(device, non_blocking=True)
         clean_t = clean_t.to(device, non_blocking=True)
+        condition_t = condition_t.to(device, non_blocking=True)
         if budget is not None:  # the cosine schedule follows the share of the time budget spent
             lr = cosine_lr(settings.lr, settings.min_lr, (seconds_before + time.perf_counter() - started) / budget)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-        loss = criterion(model(degraded_t), clean_t)
+        loss = criterion(model(degraded_t, _condition_or_none(condition_t)), clean_t)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
@@ -379,7 +443,7 @@ def train(
         bar.update(1)
         bar.set_postfix(loss=f"{running:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}")
         if step % settings.val_every == 0 or step == settings.steps or out_of_time():
-            psnr_in, psnr_out = evaluate_batch(model, val_degraded, val_clean, device)
+            psnr_in, psnr_out = evaluate_batch(model, val_degraded, val_clean, device, val_conditions)
             history.append({"step": step, "val_psnr_input": psnr_in, "val_psnr": psnr_out, "loss": running})
             logger.info("step %d: validation PSNR %.2f dB (input %.2f dB)", step, psnr_out, psnr_in)
             bar.write(f"step {step}: val PSNR {psnr_out:.2f} dB (input {psnr_in:.2f} dB)")
@@ -391,6 +455,7 @@ def train(
         "model": config.to_dict(),
         "task": task.name,
         "restores": [d.value for d in task.restores],
+        "condition": settings.condition,
         "parameters": count_parameters(model),
         "training": vars(settings)
         | {
@@ -496,6 +561,11 @@ def write_model_card(out: Path, record: dict[str, Any], evaluation: str | None =
             for c in training["schedule"]
         )
         lines.append(f"- Resumed with a re-targeted cosine schedule ({changes}); reproduce with the same resumes.")
+    if record.get("condition"):
+        lines.append(
+            f"- Conditioned on `{record['condition']}` measured on its input (tools/learned/conditions.py), at "
+            "training and at inference alike: the tool stays blind for its user."
+        )
     start = record.get("initialised_from")
     if start:
         score = f", validation {start['val_psnr']:.2f} dB" if start.get("val_psnr") is not None else ""
@@ -521,7 +591,18 @@ def reproduce_command(task: str, training: dict[str, Any], model: dict[str, Any]
     """The ``tools.learned.train`` command line that repeats a recorded run (its non-default settings)."""
     defaults = TrainSettings(task=task)
     parts = [f"python -m tools.learned.train --task {task}"]
-    for name in ("steps", "batch_size", "crop", "lr", "loss", "seed", "workers", "time_budget_s", "init_from"):
+    for name in (
+        "steps",
+        "batch_size",
+        "crop",
+        "lr",
+        "loss",
+        "seed",
+        "workers",
+        "time_budget_s",
+        "init_from",
+        "condition",
+    ):
         value = training.get(name)
         if name == "steps" or (value is not None and value != getattr(defaults, name)):
             flag = {"time_budget_s": "--time-budget"}.get(name, "--" + name.replace("_", "-"))
@@ -572,6 +653,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--init-other-task", action="store_true", help="accept --init-from weights trained for another task"
     )
+    parser.add_argument(
+        "--condition",
+        choices=sorted(CONDITIONS),
+        default=None,
+        help="condition the network on a vector measured on its input (e.g. noise_level: FFDNet-like)",
+    )
     parser.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation afterwards")
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N held-out images")
     args = parser.parse_args(argv)
@@ -594,6 +681,7 @@ def main(argv: list[str] | None = None) -> int:
         time_budget_s=args.time_budget,
         init_from=args.init_from,
         init_other_task=args.init_other_task,
+        condition=args.condition,
     )
     out = args.out or weights_dir(args.task)
     architecture = {
