@@ -367,7 +367,7 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         rng.bit_generator.state = state["numpy_rng"]
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())  # map_location moved it to the GPU
         step, history = state["step"], state["history"]
         seconds_before = float(state.get("train_seconds", 0.0))
         schedule = state.get("schedule", [{"from_step": 0, "steps": state["settings"]["steps"]}])
