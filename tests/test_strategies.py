@@ -563,3 +563,32 @@ def test_exploration_time_budget_override_reaches_every_run(monkeypatch):
     assert seen == [7.5] and default.budgets.time_budget_s != 7.5  # the loaded policy itself is untouched
     assert explore_order.with_time_budget(default, None) is default
     assert explore_order.main(["--time-budget", "0"]) == 2
+
+
+def test_threshold_exploration_reruns_only_mixtures_whose_probabilities_lie_between_the_thresholds(monkeypatch):
+    from agent.planning import explore_order
+
+    trace = {
+        "input_report": {"estimates": {"haze": {"probability": 0.25123}, "rain": {"probability": 0.9}}},
+        "attempts": [{"report_after": {"haze": [0.05, 0.1], "rain": [0.4, 0.2]}}, {"decision": "stop"}],
+        "final_report": {"estimates": {"haze": {"probability": 0.05}, "rain": {"probability": 0.4}}},
+    }
+    assert explore_order.observed_probabilities(trace) == {"haze": [0.05, 0.251], "rain": [0.4, 0.9]}
+    assert explore_order.threshold_matters([0.05, 0.251], 0.3, 0.2)  # 0.251 is present at 0.2, absent at 0.3
+    assert not explore_order.threshold_matters([0.05, 0.251], 0.3, 0.4)  # absent at both
+    assert explore_order.threshold_matters([0.4], 0.35, 0.3995)  # within the rounding margin: rerun
+    assert explore_order.threshold_matters(None, 0.3, 0.4)  # unknown: rerun
+
+    items = [{"name": f"m{i}"} for i in range(3)]
+    seen = {0: {"haze": [0.25]}, 1: {"haze": [0.9]}, 2: {}}  # only m0 saw haze between the default 0.2 and 0.3
+    monkeypatch.setattr("evals.bench_agent.build_set", lambda *args, **kwargs: items)
+
+    def fake_parallel(jobs, desc, workers):
+        return [({"item": f"m{job[0]}", "psnr": 20.0, "probabilities": seen[job[0]]}, None) for job in jobs]
+
+    monkeypatch.setattr(explore_order, "_restore_jobs_parallel", fake_parallel)
+    runs = explore_order.explore_thresholds(None, "default", 1, 0, grid=(0.3,))
+    reruns = [(r["item"], r["degradation"]) for r in runs if r["threshold"] is not None]
+    assert reruns == [("m0", "haze")]  # no other mixture or degradation saw a probability near 0.3
+    margins = explore_order.threshold_margins(runs)
+    assert margins["haze"][0.3] == {"m0": 0.0, "m1": 0.0, "m2": 0.0}  # those not rerun count as unchanged

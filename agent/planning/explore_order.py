@@ -20,8 +20,9 @@ the mean of all options on the same mixture; an option goes ahead of the policy'
 when it beat it by at least ``--min-margin`` dB on average and on most mixtures (all options stay, as
 fallbacks when the verifier rejects the first).
 
-The third phase (``thresholds``) reruns every mixture with one degradation's presence threshold moved to
-each value of a grid; the fourth (``tolerances``) does the same for the verifier's no-reference quality
+The third phase (``thresholds``) reruns the mixtures with one degradation's presence threshold moved to
+each value of a grid (only those whose run saw a probability of that degradation between the two
+thresholds: the others cannot change); the fourth (``tolerances``) does the same for the verifier's no-reference quality
 tolerance per step target, rerunning only the mixtures whose run attempted a step for that target (the
 others cannot change). A value is taken when it raised the mean PSNR over all mixtures by at least
 ``--min-margin`` dB and improved at least as many mixtures as it worsened. ``--workers N`` runs the
@@ -291,6 +292,7 @@ def _restore_jobs(jobs: list[tuple[int, dict[str, Any], Any, Any]], desc: str) -
                 "accepted": [(s["target"], s["tool"]) for s in result.trace.get("accepted", [])],
                 "attempted": sorted({a["target"] for a in result.trace.get("attempts", [])}),
                 "tool_calls": result.trace.get("tool_calls", 0),
+                "probabilities": observed_probabilities(result.trace),
             }
             out.append((record, result))
     return out
@@ -320,26 +322,77 @@ def explore_thresholds(
     grid: tuple[float, ...] = THRESHOLD_GRID,
     workers: int = 1,
 ) -> list[dict]:
-    """Run the agent once with the policy's thresholds and once per (degradation, other threshold value)."""
+    """Run the agent once with the policy's thresholds, then per (degradation, other threshold value) where it matters.
+
+    The agent is deterministic and compares a degradation's presence probability with its threshold only,
+    so moving the threshold from ``t0`` to ``t1`` can change a run only if one of the probabilities it saw
+    for that degradation (:func:`observed_probabilities`) lies between the two; only those mixtures are
+    rerun, the others keep their run (margin 0 in :func:`threshold_margins`).
+    """
     from evals.bench_agent import build_set
     from policies import load_policy
 
     base = load_policy(policy_name)
     items = build_set(shared, per_combo, seed, split_name="calibration")[:limit]
-    variants: list[tuple[str, float | None]] = [("policy", None)]
+    base_jobs = [
+        (index, item, ("policy", None), functools.partial(_variant_policy, base, "policy", None))
+        for index, item in enumerate(items)
+    ]
+    base_records = [record for record, _ in _restore_jobs_parallel(base_jobs, "explore thresholds", workers)]
+    jobs: list[tuple[int, dict[str, Any], Any, Any]] = []
     for degradation in Degradation:
         current = base.thresholds.presence_for(degradation)
-        variants += [(degradation.value, value) for value in grid if abs(value - current) > 1e-9]
-    jobs: list[tuple[int, dict[str, Any], Any, Any]] = []
-    for name, value in variants:
-        for index, item in enumerate(items):
-            make = functools.partial(_variant_policy, base, name, value)
-            jobs.append((index, item, (name, value), make))
+        for value in grid:
+            if abs(value - current) < 1e-9:
+                continue
+            make = functools.partial(_variant_policy, base, degradation.value, value)
+            jobs += [
+                (index, item, (degradation.value, value), make)
+                for (index, item, _, _), record in zip(base_jobs, base_records, strict=True)
+                if threshold_matters(_seen(record, degradation), current, value)
+            ]
     results = _restore_jobs_parallel(jobs, "explore thresholds", workers)
-    return [
+    return [{**record, "degradation": "policy", "threshold": None} for record in base_records] + [
         {**record, "degradation": job[2][0], "threshold": job[2][1]}
         for job, (record, _) in zip(jobs, results, strict=True)
     ]
+
+
+#: Probabilities this close to a threshold count as lying on either side of it (traces round them to 0.001).
+ROUNDING_MARGIN = 0.001
+
+
+def observed_probabilities(trace: dict[str, Any]) -> dict[str, list[float]]:
+    """Every presence probability a run's decisions could compare with a threshold, per degradation.
+
+    They are those of the input report, of the report after each attempt (accepted or not) and of the final
+    report: everything the planner and the verifier read.
+    """
+    seen: dict[str, set[float]] = defaultdict(set)
+    for report in (trace.get("input_report"), trace.get("final_report")):
+        for name, estimate in ((report or {}).get("estimates") or {}).items():
+            seen[name].add(round(float(estimate["probability"]), 3))
+    for attempt in trace.get("attempts", []):
+        for name, values in (attempt.get("report_after") or {}).items():
+            seen[name].add(float(values[0]))
+    return {name: sorted(values) for name, values in seen.items()}
+
+
+def _seen(record: dict[str, Any], degradation: Degradation) -> list[float] | None:
+    """The probabilities of ``degradation`` a run saw (none: never estimated); ``None`` if the record lacks them."""
+    probabilities = record.get("probabilities")
+    return None if probabilities is None else probabilities.get(degradation.value, [])
+
+
+def threshold_matters(probabilities: list[float] | None, current: float, value: float) -> bool:
+    """Whether a run that saw ``probabilities`` could change when a threshold moves from ``current`` to ``value``.
+
+    ``None`` (a record without them) counts as mattering, so such a run is redone rather than assumed equal.
+    """
+    if probabilities is None:
+        return True
+    low, high = min(current, value) - ROUNDING_MARGIN, max(current, value) + ROUNDING_MARGIN
+    return any(low <= p <= high for p in probabilities)
 
 
 def _variant_policy(base: Any, name: str, value: float | None) -> Any:
@@ -413,8 +466,15 @@ def tolerance_margins(runs: list[dict[str, Any]]) -> dict[str, dict[float, dict[
 
 
 def threshold_margins(runs: list[dict[str, Any]]) -> dict[str, dict[float, dict[str, float]]]:
-    """Per degradation and threshold value, the per-mixture PSNR margin over the policy's own thresholds."""
-    return _variant_margins(runs, "threshold")
+    """Per degradation and threshold value, the per-mixture PSNR margin over the policy's own thresholds.
+
+    Mixtures that were not rerun for a value (it could not change them) count with margin 0.
+    """
+    base_items = [r["item"] for r in runs if r["threshold"] is None]
+    return {
+        d: {value: {item: per_item.get(item, 0.0) for item in base_items} for value, per_item in per_value.items()}
+        for d, per_value in _variant_margins(runs, "threshold").items()
+    }
 
 
 def _variant_margins(runs: list[dict[str, Any]], key: str) -> dict[str, dict[float, dict[str, float]]]:
