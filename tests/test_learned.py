@@ -555,3 +555,21 @@ def test_a_conditioned_model_without_a_condition_kind_is_refused():
         NAFNetDenoise(model=conditioned)(image, {})
     out = NAFNetDenoise(model=conditioned, condition="noise_level")(image, {"tile": 0})
     assert out.image.shape == image.shape
+
+
+def test_inference_benchmark_times_the_condition_measurement_of_a_conditioned_model(tmp_path, monkeypatch):
+    from tools.learned import bench, conditions
+
+    calls = []
+    real = conditions.measure_condition
+
+    def counting(kind, image):
+        calls.append(kind)
+        return real(kind, image)
+
+    monkeypatch.setattr(conditions, "measure_condition", counting)
+    config = {"model": {**TINY.to_dict(), "condition_dim": 3}, "condition": "noise_level"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert bench.benchmark(tmp_path, size=32, repeats=2) > 0
+    assert calls == ["noise_level"] * 3  # the warm-up pass and the two timed ones
+    assert bench.benchmark(None, size=32, repeats=1) > 0
