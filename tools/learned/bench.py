@@ -48,6 +48,7 @@ def benchmark(config_path: Path | None = None, size: int = 512, repeats: int = 5
     pixels = image[0].permute(1, 2, 0).numpy()
 
     def forward() -> None:
+        condition: torch.Tensor | None
         if kind:
             condition = torch.from_numpy(measure_condition(kind, pixels))[None]
         else:
