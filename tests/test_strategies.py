@@ -461,7 +461,8 @@ def test_threshold_exploration_learns_decisive_thresholds_and_writes_them(tmp_pa
     runs += [run(f"m{i}", "noise", 0.3, 20.02) for i in range(4)]
     margins = threshold_margins(runs)
     assert margins["low_light"][0.2] == {"m0": 8.0, "m1": pytest.approx(-0.3), "m2": 0.0, "m3": 0.0}
-    assert learn_thresholds(margins, min_margin=0.05) == {"low_light": 0.2}
+    assert learn_thresholds(margins, min_margin=0.05, min_improved=1) == {"low_light": 0.2}
+    assert learn_thresholds(margins, min_margin=0.05) == {}  # by default one improved mixture is not enough
     path = write_policy("default", {}, tmp_path / "explored.yaml", ["header"], thresholds={"low_light": 0.2})
     policy = load_policy(path)
     assert policy.thresholds.presence_for(Degradation.LOW_LIGHT) == 0.2
@@ -487,7 +488,7 @@ def test_tolerance_exploration_counts_untouched_mixtures_as_unchanged_and_writes
     runs += [run("m0", "haze", 0.35, 24.0), run("m1", "haze", 0.35, 15.0)]
     margins = tolerance_margins(runs)
     assert margins["haze"][0.1] == {"m0": 4.0, "m1": pytest.approx(-0.1), "m2": 0.0, "m3": 0.0}
-    assert learn_thresholds(margins, min_margin=0.05) == {"haze": 0.1}  # 0.35: mean -0.25 dB
+    assert learn_thresholds(margins, min_margin=0.05, min_improved=1) == {"haze": 0.1}  # 0.35: mean -0.25 dB
     path = write_policy("default", {}, tmp_path / "explored.yaml", ["header"], tolerances={"haze": 0.1})
     policy = load_policy(path)
     assert policy.thresholds.iqa_tolerance_by_target[Degradation.HAZE] == 0.1
