@@ -593,3 +593,22 @@ def test_threshold_exploration_reruns_only_mixtures_whose_probabilities_lie_betw
     assert reruns == [("m0", "haze")]  # no other mixture or degradation saw a probability near 0.3
     margins = explore_order.threshold_margins(runs)
     assert margins["haze"][0.3] == {"m0": 0.0, "m1": 0.0, "m2": 0.0}  # those not rerun count as unchanged
+
+
+def test_tolerance_exploration_reruns_only_mixtures_that_attempted_the_target(monkeypatch):
+    from agent.planning import explore_order
+
+    items = [{"name": f"m{i}"} for i in range(3)]
+    attempted = {0: ["haze"], 1: ["noise"], 2: []}
+    monkeypatch.setattr("evals.bench_agent.build_set", lambda *args, **kwargs: items)
+
+    def fake_parallel(jobs, desc, workers):
+        return [({"item": f"m{job[0]}", "psnr": 20.0, "attempted": attempted[job[0]]}, None) for job in jobs]
+
+    monkeypatch.setattr(explore_order, "_restore_jobs_parallel", fake_parallel)
+    runs = explore_order.explore_tolerances(None, "default", 1, 0, grid=(0.1,))
+    assert sum(r["tolerance"] is None for r in runs) == 3  # the policy's own run of every mixture
+    assert sorted((r["item"], r["degradation"]) for r in runs if r["tolerance"] is not None) == [
+        ("m0", "haze"),
+        ("m1", "noise"),
+    ]

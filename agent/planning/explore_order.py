@@ -335,27 +335,63 @@ def explore_thresholds(
 
     base = load_policy(policy_name)
     items = build_set(shared, per_combo, seed, split_name="calibration")[:limit]
+    return _variant_runs(
+        items,
+        functools.partial(_variant_policy, base),
+        base.thresholds.presence_for,
+        lambda record, degradation, current, value: threshold_matters(_seen(record, degradation), current, value),
+        grid,
+        "threshold",
+        "explore thresholds",
+        workers,
+    )
+
+
+def _variant_runs(
+    items: list[dict[str, Any]],
+    policy_for: Any,
+    current_value: Any,
+    rerun: Any,
+    grid: tuple[float, ...],
+    key: str,
+    desc: str,
+    workers: int,
+) -> list[dict]:
+    """The policy's own run of every mixture, then reruns with one degradation's setting moved to each grid value.
+
+    Args:
+        items: The mixtures (:func:`evals.bench_agent.build_set` records).
+        policy_for: ``(degradation name, value)`` -> policy; ``("policy", None)`` is the policy itself.
+        current_value: Degradation -> the policy's own value (grid values equal to it are skipped).
+        rerun: ``(own run's record, degradation, current, value)`` -> whether that mixture can change.
+        grid: The values tried.
+        key: Record field holding the value (None for the policy's own runs).
+        desc: Progress-bar label.
+        workers: Agent processes.
+
+    Returns:
+        The own runs (``degradation`` "policy") followed by the reruns, each record naming its variant.
+    """
     base_jobs = [
-        (index, item, ("policy", None), functools.partial(_variant_policy, base, "policy", None))
+        (index, item, ("policy", None), functools.partial(policy_for, "policy", None))
         for index, item in enumerate(items)
     ]
-    base_records = [record for record, _ in _restore_jobs_parallel(base_jobs, "explore thresholds", workers)]
+    base_records = [record for record, _ in _restore_jobs_parallel(base_jobs, desc, workers)]
     jobs: list[tuple[int, dict[str, Any], Any, Any]] = []
     for degradation in Degradation:
-        current = base.thresholds.presence_for(degradation)
+        current = current_value(degradation)
         for value in grid:
             if abs(value - current) < 1e-9:
                 continue
-            make = functools.partial(_variant_policy, base, degradation.value, value)
+            make = functools.partial(policy_for, degradation.value, value)
             jobs += [
                 (index, item, (degradation.value, value), make)
                 for (index, item, _, _), record in zip(base_jobs, base_records, strict=True)
-                if threshold_matters(_seen(record, degradation), current, value)
+                if rerun(record, degradation, current, value)
             ]
-    results = _restore_jobs_parallel(jobs, "explore thresholds", workers)
-    return [{**record, "degradation": "policy", "threshold": None} for record in base_records] + [
-        {**record, "degradation": job[2][0], "threshold": job[2][1]}
-        for job, (record, _) in zip(jobs, results, strict=True)
+    results = _restore_jobs_parallel(jobs, desc, workers)
+    return [{**record, "degradation": "policy", key: None} for record in base_records] + [
+        {**record, "degradation": job[2][0], key: job[2][1]} for job, (record, _) in zip(jobs, results, strict=True)
     ]
 
 
@@ -433,28 +469,16 @@ def explore_tolerances(
 
     base = load_policy(policy_name)
     items = build_set(shared, per_combo, seed, split_name="calibration")[:limit]
-    base_jobs = [
-        (index, item, ("policy", None), functools.partial(_tolerance_variant, base, "policy", None))
-        for index, item in enumerate(items)
-    ]
-    base_records = [record for record, _ in _restore_jobs_parallel(base_jobs, "explore tolerances", workers)]
-    jobs: list[tuple[int, dict[str, Any], Any, Any]] = []
-    for degradation in Degradation:
-        current = base.thresholds.iqa_tolerance_by_target.get(degradation, base.thresholds.iqa_tolerance)
-        for value in grid:
-            if abs(value - current) < 1e-9:
-                continue
-            make = functools.partial(_tolerance_variant, base, degradation.value, value)
-            jobs += [
-                (index, item, (degradation.value, value), make)
-                for (index, item, _, _), record in zip(base_jobs, base_records, strict=True)
-                if degradation.value in record["attempted"]
-            ]
-    results = _restore_jobs_parallel(jobs, "explore tolerances", workers)
-    return [{**record, "degradation": "policy", "tolerance": None} for record in base_records] + [
-        {**record, "degradation": job[2][0], "tolerance": job[2][1]}
-        for job, (record, _) in zip(jobs, results, strict=True)
-    ]
+    return _variant_runs(
+        items,
+        functools.partial(_tolerance_variant, base),
+        lambda degradation: base.thresholds.iqa_tolerance_by_target.get(degradation, base.thresholds.iqa_tolerance),
+        lambda record, degradation, current, value: degradation.value in record["attempted"],
+        grid,
+        "tolerance",
+        "explore tolerances",
+        workers,
+    )
 
 
 def tolerance_margins(runs: list[dict[str, Any]]) -> dict[str, dict[float, dict[str, float]]]:
