@@ -262,8 +262,9 @@ def main(argv: list[str] | None = None) -> int:
 
         policy = with_attempts(policy, args.attempts)
     if args.time_budget is not None:
-        budgets = policy.budgets.model_copy(update={"time_budget_s": args.time_budget})
-        policy = policy.model_copy(update={"budgets": budgets})
+        from agent.planning.explore_order import with_time_budget
+
+        policy = with_time_budget(policy, args.time_budget)
     if args.reference_score and policy.strategy.name != "best_of_k":
         print("error: --reference-score ranks best-of-k candidates; add --strategy best_of_k", file=sys.stderr)
         return 2

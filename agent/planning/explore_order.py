@@ -40,6 +40,7 @@ import logging
 import sys
 import tempfile
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -349,9 +350,9 @@ def explore_thresholds(
 
 def _variant_runs(
     items: list[dict[str, Any]],
-    policy_for: Any,
-    current_value: Any,
-    rerun: Any,
+    policy_for: Callable[[str, float | None], Any],
+    current_value: Callable[[Degradation], float],
+    rerun: Callable[[dict[str, Any], Degradation, float, float], bool],
     grid: tuple[float, ...],
     key: str,
     desc: str,
@@ -483,33 +484,28 @@ def explore_tolerances(
 
 def tolerance_margins(runs: list[dict[str, Any]]) -> dict[str, dict[float, dict[str, float]]]:
     """Per target and tolerance, the per-mixture PSNR margin over the policy's tolerances (0 where not rerun)."""
-    base_items = [r["item"] for r in runs if r["tolerance"] is None]
-    return {
-        d: {value: {item: per_item.get(item, 0.0) for item in base_items} for value, per_item in per_value.items()}
-        for d, per_value in _variant_margins(runs, "tolerance").items()
-    }
+    return _variant_margins(runs, "tolerance")
 
 
 def threshold_margins(runs: list[dict[str, Any]]) -> dict[str, dict[float, dict[str, float]]]:
-    """Per degradation and threshold value, the per-mixture PSNR margin over the policy's own thresholds.
-
-    Mixtures that were not rerun for a value (it could not change them) count with margin 0.
-    """
-    base_items = [r["item"] for r in runs if r["threshold"] is None]
-    return {
-        d: {value: {item: per_item.get(item, 0.0) for item in base_items} for value, per_item in per_value.items()}
-        for d, per_value in _variant_margins(runs, "threshold").items()
-    }
+    """Per degradation and threshold value, the per-mixture PSNR margin over the policy's thresholds (0: not rerun)."""
+    return _variant_margins(runs, "threshold")
 
 
 def _variant_margins(runs: list[dict[str, Any]], key: str) -> dict[str, dict[float, dict[str, float]]]:
-    """Per degradation and value of ``run[key]``, each rerun mixture's PSNR minus its run with ``key`` None."""
+    """Per degradation and value of ``run[key]``, each mixture's PSNR minus its run with ``key`` None.
+
+    A mixture that was not rerun for a value (the value could not change it) counts with margin 0.
+    """
     base = {r["item"]: r["psnr"] for r in runs if r[key] is None}
     margins: dict[str, dict[float, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
     for run in runs:
         if run[key] is not None and run["item"] in base:
             margins[run["degradation"]][run[key]][run["item"]] = run["psnr"] - base[run["item"]]
-    return {d: dict(per_value) for d, per_value in margins.items()}
+    return {
+        d: {value: {item: per_item.get(item, 0.0) for item in base} for value, per_item in per_value.items()}
+        for d, per_value in margins.items()
+    }
 
 
 #: Fewest mixtures a threshold or tolerance value must improve to be learned (one lucky mixture is no evidence).

@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,9 +105,19 @@ def make_batch(
     The target is the clean crop, or what the task leaves of a mixture (:meth:`Task.sample_pair`). The
     conditions are measured on each degraded patch (``D`` is 0 without a ``condition``).
     """
+    patches = (random_crop(images[int(rng.integers(len(images)))], crop, rng) for _ in range(batch_size))
+    return _degraded_batch(task, patches, rng, condition)
+
+
+def _degraded_batch(
+    task: Task | MixtureTask, patches: Iterable[np.ndarray], rng: np.random.Generator, condition: str | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Degrade each patch as :meth:`Task.sample_pair` does and stack inputs, targets and conditions (channels first).
+
+    ``patches`` may draw from ``rng`` too: each is taken just before it is degraded.
+    """
     degraded, clean, conditions = [], [], []
-    for _ in range(batch_size):
-        patch = random_crop(images[int(rng.integers(len(images)))], crop, rng)
+    for patch in patches:
         noisy, target, _ = task.sample_pair(patch, rng)
         degraded.append(noisy.transpose(2, 0, 1))
         clean.append(target.transpose(2, 0, 1))
@@ -182,19 +193,8 @@ def validation_set(
     Returns degraded and target crops and the conditions measured on the degraded ones (as :func:`make_batch`).
     """
     rng = np.random.default_rng([seed, 12345])
-    degraded, clean, conditions = [], [], []
-    for image in images:
-        for _ in range(2):
-            patch = random_crop(image, min(crop, *image.shape[:2]), rng)
-            noisy, target, _ = task.sample_pair(patch, rng)
-            degraded.append(noisy.transpose(2, 0, 1))
-            clean.append(target.transpose(2, 0, 1))
-            conditions.append(measure_condition(condition, noisy) if condition else np.zeros(0, np.float32))
-    return (
-        np.stack(degraded).astype(np.float32),
-        np.stack(clean).astype(np.float32),
-        np.stack(conditions).astype(np.float32),
-    )
+    patches = (random_crop(image, min(crop, *image.shape[:2]), rng) for image in images for _ in range(2))
+    return _degraded_batch(task, patches, rng, condition)
 
 
 def _condition_or_none(conditions):
