@@ -573,3 +573,20 @@ def test_inference_benchmark_times_the_condition_measurement_of_a_conditioned_mo
     assert bench.benchmark(tmp_path, size=32, repeats=2) > 0
     assert calls == ["noise_level"] * 3  # the warm-up pass and the two timed ones
     assert bench.benchmark(None, size=32, repeats=1) > 0
+
+
+def test_near_clean_check_scores_the_input_and_each_denoiser(tmp_path):
+    from tools.learned import near_clean
+    from tools.learned.train import TrainSettings, train
+
+    reference = np.full((8, 8, 3), 0.5, np.float32)
+    assert near_clean.rgb_psnr(reference, reference) == float("inf")
+    assert near_clean.rgb_psnr(reference + 0.1, reference) == pytest.approx(20.0, abs=1e-4)
+    shared = fake_shared(tmp_path / "shared")
+    weights = tmp_path / "tiny"
+    settings = TrainSettings(task="denoise", steps=1, batch_size=2, crop=24, val_images=1, val_every=1)
+    train(settings, shared, weights, model_config=TINY.to_dict(), progress=False, checkpoint_dir=tmp_path / "ck")
+    scores = near_clean.near_clean_scores(shared, [weights], (0.0, 5.0), images=2, crop=32)
+    assert scores[0.0]["input"] == float("inf") and np.isfinite(scores[0.0][str(weights)])
+    assert scores[5.0]["input"] == pytest.approx(34.2, abs=1.0)  # sigma 5 of 255 on mid-grey-ish photos
+    assert near_clean.main(["--shared", str(tmp_path / "missing")]) == 2
