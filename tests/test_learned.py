@@ -430,6 +430,32 @@ def test_model_card_says_where_each_context_degradation_goes():
     assert "left, as a failed earlier step leaves it (motion_blur)" in defocus  # no classical undo for it
     assert "removed too" not in defocus and "none" not in defocus
     assert "removed too (defocus_blur)" in _context_line(get_task("motion_deblur"))
+    assert "kept in the target, as missed by perception (low_light)" in _context_line(get_task("derain"))
+
+
+def test_a_later_degradation_the_agent_missed_is_applied_alike_to_image_and_target():
+    from agent.degradations import Degradation
+    from tools.learned.tasks import Task, get_task
+
+    clean = np.random.default_rng(1).random((48, 48, 3), dtype=np.float32) * 0.8 + 0.1
+    task = Task(
+        "derain",
+        Degradation.RAIN,
+        "test",
+        "severity",
+        get_task("derain").bands,
+        ("derain_directional",),
+        context_share=1.0,
+        context_after_kept=(Degradation.LOW_LIGHT,),
+    )
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        degraded, target, params = task.in_context(clean, rng, own=False)
+        assert params["context"] == ["low_light (kept)"]  # the only context, so always drawn
+        assert target.mean() < clean.mean() - 0.02  # the target stays dark: the model must not brighten it
+        np.testing.assert_array_equal(degraded, target)  # same darkening on both: nothing else to restore
+        degraded, target, params = task.in_context(clean, rng, own=True)
+        assert target.mean() < clean.mean() - 0.02 and not np.allclose(degraded, target)  # rain on top
 
 
 def test_init_from_another_tasks_weights_needs_the_flag(tmp_path):

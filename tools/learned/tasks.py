@@ -67,6 +67,10 @@ class Task:
     #: Degradations that arise after this one, which the agent undoes first: applied, then restored by the
     #: classical tool the agent would run (:func:`restored_context`), so the model sees what that step leaves.
     context_after: tuple[Degradation, ...] = ()
+    #: Degradations that arise after this one and that the agent may leave in place (perception missed them):
+    #: applied to the image and, with the same parameters, to the target, so the model learns to restore its own
+    #: degradation under them without undoing them (e.g. rain streaks in a photo left dark).
+    context_after_kept: tuple[Degradation, ...] = ()
     #: Share of the in-context draws without this task's degradation (only the context): the model must leave
     #: an image without it alone.
     context_only_share: float = 0.0
@@ -115,7 +119,8 @@ class Task:
         Kept context degradations are applied first and stay in the target, removed ones follow, then this
         task's degradation (when ``own``, or with chance ``1 - context_only_share`` when ``None``; over
         ``band``, else the whole range), then later degradations restored as the agent's earlier steps
-        would (:func:`restored_context`); at least one context degradation is always applied.
+        would (:func:`restored_context`), or left in image and target alike (:attr:`context_after_kept`);
+        at least one context degradation is always applied.
 
         Returns:
             ``(degraded, target, params)``; ``params["context"]`` lists the context degradations and
@@ -139,11 +144,15 @@ class Task:
         if own:
             low, high = (band.low, band.high) if band is not None else (self.bands[0].low, self.bands[-1].high)
             image, own_params = self.degrade(image, rng, low, high)
-        after = [kind for kind in self.context_after if rng.random() < CONTEXT_CHANCE]
-        if not before and not after and self.context_after:
-            after = [self.context_after[int(rng.integers(len(self.context_after)))]]
-        image = restored_context(image, after, rng)
-        return image, target, {"context": before + [kind.value for kind in after], "own": own, "applied": own_params}
+        kept_after = [kind for kind in self.context_after_kept if rng.random() < CONTEXT_CHANCE]
+        after = [kind for kind in self.context_after if kind not in kept_after and rng.random() < CONTEXT_CHANCE]
+        candidates = self.context_after + self.context_after_kept
+        if not before and not after and not kept_after and candidates:
+            pick = int(rng.integers(len(candidates)))
+            (after if pick < len(self.context_after) else kept_after).append(candidates[pick])
+        image, target = _after_context(image, target, after, kept_after, rng)
+        context = before + [kind.value for kind in after] + [f"{kind.value} (kept)" for kind in kept_after]
+        return image, target, {"context": context, "own": own, "applied": own_params}
 
     def _maybe_deblock(self, image: np.ndarray, capture: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
         if not self.capture_deblock_share or rng.random() >= self.capture_deblock_share:
@@ -263,17 +272,29 @@ def restored_context(image: np.ndarray, kinds: list[Degradation], rng: np.random
     their quantisation steps). Anything else is applied unrestored (:data:`UNDONE_IN_CONTEXT` lists the
     undone kinds).
     """
+    return _after_context(image, image, kinds, [], rng)[0]
+
+
+def _after_context(
+    image: np.ndarray, target: np.ndarray, undone: list[Degradation], kept: list[Degradation], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Apply the later degradations to ``image`` in physical order: ``undone`` ones as :func:`restored_context`
+    does, ``kept`` ones to ``target`` too, with the parameters drawn for ``image``."""
     from agent.degradations import PHYSICAL_ORDER
-    from evals.synthesis import degrade
+    from evals.synthesis import ACCEPTED_PARAMS, degrade
     from tools import default_registry
 
     registry = default_registry()
-    for kind in sorted(set(kinds), key=PHYSICAL_ORDER.index):
+    for kind in sorted(set(undone) | set(kept), key=PHYSICAL_ORDER.index):
         image, applied = degrade(image, kind, rng)
+        if kind in kept:
+            same = {name: applied[name] for name in ACCEPTED_PARAMS[kind] if name in applied}
+            target, _ = degrade(target, kind, np.random.default_rng(0), applied["severity"], **same)
+            continue
         undo = _CONTEXT_UNDO.get(kind)
         if undo is not None:
             image = undo(image, applied, registry)
-    return np.clip(image, 0.0, 1.0).astype(np.float32)
+    return np.clip(image, 0.0, 1.0).astype(np.float32), target
 
 
 SEVERITY_BANDS = (
@@ -308,6 +329,14 @@ TASKS: dict[str, Task] = {
             "severity",
             SEVERITY_BANDS,
             ("derain_directional",),
+            # The agent derains after undoing what arose later (lower resolution, low light, noise, JPEG) and
+            # before dehazing; a darkening it missed stays in the photo, so the streaks must go without the
+            # model brightening it (or darkening it further, as the rain-only weights did).
+            context_share=0.5,
+            context_kept=(Degradation.HAZE,),
+            context_after=(Degradation.LOW_RESOLUTION, Degradation.LOW_LIGHT, Degradation.NOISE, Degradation.JPEG),
+            context_after_kept=(Degradation.LOW_LIGHT,),
+            context_only_share=0.1,
         ),
         Task(
             "lowlight",
