@@ -278,8 +278,11 @@ def restored_context(image: np.ndarray, kinds: list[Degradation], rng: np.random
 def _after_context(
     image: np.ndarray, target: np.ndarray, undone: list[Degradation], kept: list[Degradation], rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Apply the later degradations to ``image`` in physical order: ``undone`` ones as :func:`restored_context`
-    does, ``kept`` ones to ``target`` too, with the parameters drawn for ``image``."""
+    """Apply the later degradations in physical order, undoing some, keeping others in ``target`` too.
+
+    ``undone`` kinds are applied to ``image`` and undone as :func:`restored_context` does; ``kept`` kinds are
+    applied to ``image`` and, with the parameters drawn for it, to ``target``.
+    """
     from agent.degradations import PHYSICAL_ORDER
     from evals.synthesis import ACCEPTED_PARAMS, degrade
     from tools import default_registry

@@ -517,7 +517,8 @@ def _context_line(task: Task) -> str:
     if after_left:
         places.append(f"applied after it and left, as a failed earlier step leaves it ({kinds(after_left)})")
     if task.context_after_kept:
-        places.append(f"applied after it and kept in the target, as missed by perception ({kinds(task.context_after_kept)})")
+        missed = kinds(task.context_after_kept)
+        places.append(f"applied after it and kept in the target, as missed by perception ({missed})")
     return (
         f" {task.context_share:.0%} of the draws are placed inside a mixture, as the agent meets this "
         f"degradation: each of the other degradations with chance {CONTEXT_CHANCE:.0%} (at least one), "
