@@ -231,7 +231,8 @@ def test_train_resume_and_evaluate_on_a_tiny_dataset(tmp_path):
     assert split_images(["a", "b", "c"], 1, 0) == split_images(["a", "b", "c"], 1, 0)
 
     results = evaluate_and_record("denoise", out, shared, limit=1, crop=48)
-    assert set(results["bands"]) == {"sigma 0-15", "sigma 15-30", "sigma 30-50"}
+    alone = ["sigma 0-15", "sigma 15-30", "sigma 30-50"]
+    assert list(results["bands"]) == alone + [f"in mixtures: {band}" for band in alone]  # trained inside them too
     row = results["bands"]["sigma 30-50"]
     assert row["denoise_dct"] > row["input"] + 1.0  # the classical rival really denoises
     card = (out / "MODEL_CARD.md").read_text()
@@ -373,7 +374,7 @@ def test_upscale_training_draws_include_capture_noise_but_its_evaluation_does_no
     assert 0 < deblocked < 40  # part of the capture draws leave through the classical deblocker, as in the agent
     _, params = task.degrade_band(clean, rng, task.bands[1])
     assert "capture" not in params and 1 / 3 <= params["severity"] <= 2 / 3
-    assert get_task("denoise").capture_share == 0.0  # other tasks draw as before
+    assert get_task("lowlight").capture_share == 0.0  # other tasks draw as before
 
 
 def test_in_context_draws_keep_earlier_scene_effects_in_the_target_and_restore_later_ones():
@@ -382,7 +383,7 @@ def test_in_context_draws_keep_earlier_scene_effects_in_the_target_and_restore_l
 
     rng = np.random.default_rng(0)
     clean = np.random.default_rng(1).random((48, 48, 3), dtype=np.float32)
-    plain = get_task("denoise")
+    plain = get_task("lowlight")
     degraded, target, _ = plain.sample_pair(clean, rng)
     assert target is clean and degraded.shape == clean.shape  # no context: the clean crop is the target
     task = Task(
@@ -423,7 +424,7 @@ def test_model_card_says_where_each_context_degradation_goes():
     from tools.learned.tasks import get_task
     from tools.learned.train import _context_line
 
-    assert _context_line(get_task("denoise")) == ""
+    assert _context_line(get_task("lowlight")) == ""
     defocus = _context_line(get_task("defocus_deblur"))
     assert "kept in the target (haze)" in defocus
     assert "undone by the classical tool the agent runs first (low_resolution, low_light, noise, jpeg;" in defocus
@@ -456,6 +457,50 @@ def test_a_later_degradation_the_agent_missed_is_applied_alike_to_image_and_targ
         np.testing.assert_array_equal(degraded, target)  # same darkening on both: nothing else to restore
         degraded, target, params = task.in_context(clean, rng, own=True)
         assert target.mean() < clean.mean() - 0.02 and not np.allclose(degraded, target)  # rain on top
+
+
+def test_the_jpeg_model_learns_to_lift_only_the_compression_off_a_mixture():
+    from tools.learned.tasks import get_task
+    from tools.learned.train import _context_line
+
+    task = get_task("jpeg")
+    clean = np.random.default_rng(1).random((48, 48, 3), dtype=np.float32) * 0.8 + 0.1
+    rng = np.random.default_rng(0)
+    seen_noise = 0
+    for _ in range(12):
+        degraded, target, params = task.in_context(clean, rng, own=False)
+        np.testing.assert_array_equal(degraded, target)  # no compression: what lies under it is not its job
+        degraded, target, params = task.in_context(clean, rng, own=True)
+        assert params["applied"]["quality"] and not np.allclose(degraded, target)
+        if params["context"]:
+            assert np.abs(target - clean).mean() > 1e-3  # the earlier degradations stay for later steps
+        seen_noise += "noise" in params["context"]
+    assert seen_noise  # noise under the blocks, the case where smoothing it starves the denoising step
+    assert "kept in the target (haze, rain, defocus_blur, motion_blur, low_resolution, low_light, noise)" in (
+        _context_line(task)
+    )
+
+
+def test_the_denoiser_leaves_what_arose_before_the_noise_to_later_steps_and_learns_real_camera_noise():
+    from tools.learned.tasks import get_task
+    from tools.learned.train import _context_line
+
+    task = get_task("denoise")
+    clean = np.random.default_rng(1).random((48, 48, 3), dtype=np.float32) * 0.8 + 0.1
+    rng = np.random.default_rng(0)
+    kept_only = 0
+    for _ in range(12):
+        degraded, target, params = task.in_context(clean, rng, own=False)
+        if "jpeg" not in params["context"]:  # only what the later steps undo: nothing for the denoiser to do
+            np.testing.assert_array_equal(degraded, target)
+            assert np.abs(target - clean).mean() > 1e-3
+            kept_only += 1
+    assert kept_only
+    kinds = {"capture" in params or "read" in params for _, params in (task.sample(clean, rng) for _ in range(40))}
+    assert kinds == {True, False}  # some draws carry a real capture's correlated, compressed noise
+    line = _context_line(task)
+    assert "kept in the target (haze, rain, defocus_blur, motion_blur, low_resolution, low_light)" in line
+    assert "undone by the classical tool the agent runs first (jpeg;" in line
 
 
 def test_init_from_another_tasks_weights_needs_the_flag(tmp_path):

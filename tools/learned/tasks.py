@@ -316,6 +316,25 @@ TASKS: dict[str, Task] = {
             "sigma (of 255)",
             (Band("sigma 0-15", 0.0, 15.0), Band("sigma 15-30", 15.0, 30.0), Band("sigma 30-50", 30.0, 50.0)),
             ("denoise_dct", "denoise_nlm"),
+            # The agent denoises right after lifting compression and colour casts, so the noise lies over whatever
+            # the scene, optics and exposure did before it: half the draws keep those in the target for the later
+            # steps (a denoiser that brightens a dark photo or sharpens a blurred one pre-empts them wrongly).
+            context_share=0.5,
+            context_kept=(
+                Degradation.HAZE,
+                Degradation.RAIN,
+                Degradation.DEFOCUS_BLUR,
+                Degradation.MOTION_BLUR,
+                Degradation.LOW_RESOLUTION,
+                Degradation.LOW_LIGHT,
+            ),
+            context_after=(Degradation.JPEG,),
+            context_only_share=0.1,
+            # A real camera's noise is spatially correlated and compressed (PolyU): some draws carry it, on top of
+            # the synthetic noise or alone, half of them deblocked as the agent's JPEG step leaves a photo.
+            capture_share=0.2,
+            capture_only_share=0.1,
+            capture_deblock_share=0.5,
         ),
         Task(
             "jpeg",
@@ -324,6 +343,21 @@ TASKS: dict[str, Task] = {
             "quality",
             (Band("quality 90-60", 90.0, 60.0), Band("quality 60-30", 60.0, 30.0), Band("quality 30-10", 30.0, 10.0)),
             ("deblock_jpeg",),
+            # Compression comes last, so the agent undoes it first and meets it over everything else a photo
+            # carries (every JPEG mixture of the benchmark); half the draws compress such a mixture, which stays in
+            # the target for the later steps (a JPEG model that half-smooths the noise under the blocks leaves the
+            # denoising step too little to estimate).
+            context_share=0.5,
+            context_kept=(
+                Degradation.HAZE,
+                Degradation.RAIN,
+                Degradation.DEFOCUS_BLUR,
+                Degradation.MOTION_BLUR,
+                Degradation.LOW_RESOLUTION,
+                Degradation.LOW_LIGHT,
+                Degradation.NOISE,
+            ),
+            context_only_share=0.1,
         ),
         Task(
             "derain",
