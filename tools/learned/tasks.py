@@ -300,6 +300,17 @@ def _after_context(
     return np.clip(image, 0.0, 1.0).astype(np.float32), target
 
 
+#: What the scene, the optics and the exposure do to a photo before its sensor noise, in physical order: the
+#: degradations that the agent undoes after denoising and lifting compression, left in those tasks' targets.
+SCENE_OPTICS_EXPOSURE: tuple[Degradation, ...] = (
+    Degradation.HAZE,
+    Degradation.RAIN,
+    Degradation.DEFOCUS_BLUR,
+    Degradation.MOTION_BLUR,
+    Degradation.LOW_RESOLUTION,
+    Degradation.LOW_LIGHT,
+)
+
 SEVERITY_BANDS = (
     Band("severity 0-0.33", 0.0, 1 / 3),
     Band("severity 0.33-0.67", 1 / 3, 2 / 3),
@@ -320,14 +331,7 @@ TASKS: dict[str, Task] = {
             # the scene, optics and exposure did before it: half the draws keep those in the target for the later
             # steps (a denoiser that brightens a dark photo or sharpens a blurred one pre-empts them wrongly).
             context_share=0.5,
-            context_kept=(
-                Degradation.HAZE,
-                Degradation.RAIN,
-                Degradation.DEFOCUS_BLUR,
-                Degradation.MOTION_BLUR,
-                Degradation.LOW_RESOLUTION,
-                Degradation.LOW_LIGHT,
-            ),
+            context_kept=SCENE_OPTICS_EXPOSURE,
             context_after=(Degradation.JPEG,),
             context_only_share=0.1,
             # A real camera's noise is spatially correlated and compressed (PolyU): some draws carry it, on top of
@@ -348,15 +352,7 @@ TASKS: dict[str, Task] = {
             # the target for the later steps (a JPEG model that half-smooths the noise under the blocks leaves the
             # denoising step too little to estimate).
             context_share=0.5,
-            context_kept=(
-                Degradation.HAZE,
-                Degradation.RAIN,
-                Degradation.DEFOCUS_BLUR,
-                Degradation.MOTION_BLUR,
-                Degradation.LOW_RESOLUTION,
-                Degradation.LOW_LIGHT,
-                Degradation.NOISE,
-            ),
+            context_kept=(*SCENE_OPTICS_EXPOSURE, Degradation.NOISE),
             context_only_share=0.1,
         ),
         Task(
