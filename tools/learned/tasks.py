@@ -302,6 +302,7 @@ def _after_context(
 
 #: What the scene, the optics and the exposure do to a photo before its sensor noise, in physical order: the
 #: degradations that the agent undoes after denoising and lifting compression, left in those tasks' targets.
+#: Raindrops are not among them (the shipped JPEG and denoising weights were trained without).
 SCENE_OPTICS_EXPOSURE: tuple[Degradation, ...] = (
     Degradation.HAZE,
     Degradation.RAIN,
