@@ -114,3 +114,9 @@ def test_numbers_in_a_request_reach_the_tool(tmp_path):
     assert wanted is not None and wanted < 1.0
     assert first["params"]["strength"] == pytest.approx(wanted)
     assert all(a["params"]["strength"] == first["params"]["strength"] for a in attempts if "strength" in a["params"])
+    # The tools that take the user's sigma come before those that would ignore it (the policy's first, learned
+    # denoiser reads the noise level off the image itself).
+    takes_sigma = ["sigma" in a["params"] for a in attempts]
+    assert takes_sigma == sorted(takes_sigma, reverse=True) and not all(takes_sigma)
+    plain = expand_candidates(load_policy("default"), default_registry(), intent.only[0], _report(noise=0.9))
+    assert plain[0]["tool"] == "nafnet_denoise"

@@ -31,6 +31,7 @@ EXPECTED_TOOLS: dict[str, tuple[Degradation, ...]] = {
     "nafnet_motion_deblur": (Degradation.MOTION_BLUR,),
     "nafnet_defocus_deblur": (Degradation.DEFOCUS_BLUR,),
     "nafnet_jpeg": (Degradation.JPEG,),
+    "nafnet_denoise": (Degradation.NOISE,),
 }
 
 

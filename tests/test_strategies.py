@@ -204,6 +204,14 @@ def test_exploration_margins_and_prior_from_known_runs(tmp_path):
     assert path.read_text().startswith("# test header")
 
 
+def _classical_noise_policy(policy: Any) -> Any:
+    """``policy`` with the classical denoisers alone for noise, whatever the shipped default tries first."""
+    from policies.schema import Candidate
+
+    noise = [Candidate(tool="denoise_dct", strengths=[1.0, 0.6]), Candidate(tool="denoise_nlm", strengths=[1.0])]
+    return policy.model_copy(update={"candidates": {**policy.candidates, Degradation.NOISE: noise}})
+
+
 def test_tool_exploration_ranks_options_per_mixture_and_writes_candidates(tmp_path):
     from agent.planning.explore_order import (
         candidate_options,
@@ -216,7 +224,7 @@ def test_tool_exploration_ranks_options_per_mixture_and_writes_candidates(tmp_pa
     from policies import load_policy
     from tools import default_registry
 
-    base, registry = load_policy("default"), default_registry()
+    base, registry = _classical_noise_policy(load_policy("default")), default_registry()
     options = [option_key(o) for o in candidate_options(base, registry, Degradation.NOISE)]
     # The policy's own options first, one strength each, then the other catalogue tools for noise.
     assert options[:3] == ["denoise_dct@1", "denoise_dct@0.6", "denoise_nlm@1"]
@@ -260,7 +268,7 @@ def test_severity_banded_candidates_are_learned_and_planned():
     from policies.schema import Candidate
     from tools import default_registry
 
-    base, registry = load_policy("default"), default_registry()
+    base, registry = _classical_noise_policy(load_policy("default")), default_registry()
     # The learned denoiser wins clearly on the two heavily noisy mixtures and loses a little on the light ones.
     heavy, light = {"h1": 3.0, "h2": 2.0}, {"l1": -0.2, "l2": -0.1}
     scores = {

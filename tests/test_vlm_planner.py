@@ -192,7 +192,8 @@ def test_malicious_replies_never_reach_the_plan(registry: ToolRegistry) -> None:
     )
     result = planner(model, registry).plan(IMAGE, report(noise=0.9), "denoise")
     assert result.record.fallback
-    assert [s["tool"] for s in result.steps] == ["denoise_dct"] and result.steps[0]["source"] == "rule"
+    rule_choice = load_policy("default").candidates_for(Degradation.NOISE)[0].tool
+    assert [s["tool"] for s in result.steps] == [rule_choice] and result.steps[0]["source"] == "rule"
     text = json.dumps(result.record.to_dict())
     assert len(text) < 10_000  # replies are truncated in the trace
     assert "rm -rf" not in json.dumps(result.steps) and "passwd" not in json.dumps(result.steps)

@@ -41,13 +41,16 @@ def expand_candidates(
 
     Parameters come from, in increasing priority: the tool's defaults, the tool's own
     ``suggest`` from the report, the policy's fixed params, and the numbers of the request
-    ("denoise with sigma 0.06"; applied to the tools that declare such a parameter). A strength
+    ("denoise with sigma 0.06"; applied to the tools that declare such a parameter). When the request
+    gives numbers, the tools that take them are tried before those that would ignore them. A strength
     from the request ("a little", or a chat's "less denoising") replaces the policy's strengths.
     Candidates meant for another severity range (``min_severity``/``max_severity``) are left out, so are
     tools that cannot run here (:meth:`tools.base.Tool.missing`: no weights, no model), and an attempt
     identical to an earlier one is not repeated.
     """
     attempts: list[dict[str, Any]] = []
+    ignores_request_numbers: list[dict[str, Any]] = []  # tried after the tools that take the user's numbers
+    asked_numbers = bool(intent is not None and intent.params.get(degradation))
     # Checkpoints the user registered (`restora tools add`) come first, then the policy's candidates.
     user_tools: list[tuple[str, dict[str, Any], list[float]]] = [
         (s.name, {}, [1.0]) for s in registry.for_degradation(degradation) if s.family == "user"
@@ -68,6 +71,7 @@ def expand_candidates(
         declared = {p.name for p in tool.spec.params}
         requested = tool_params(intent, degradation, tool.spec) if intent is not None else {}
         wanted_strength = requested.pop("strength", None)
+        queue = ignores_request_numbers if asked_numbers and not requested else attempts
         params = {**suggested, **fixed, **requested}
         strengths = [wanted_strength] if wanted_strength is not None else (candidate_strengths or [1.0])
         for strength in strengths:
@@ -79,8 +83,9 @@ def expand_candidates(
             except ValueError as exc:  # e.g. a number from the request outside this tool's range
                 logger.info("skipping %s for %s: %s", name, degradation.value, exc)
                 continue
-            if attempt not in attempts:  # a severity-specific candidate may repeat a general one
-                attempts.append(attempt)
+            if attempt not in attempts and attempt not in ignores_request_numbers:
+                queue.append(attempt)  # a severity-specific candidate may repeat a general one
+    attempts += ignores_request_numbers
     return attempts[: policy.budgets.max_attempts_per_step]
 
 
