@@ -503,6 +503,28 @@ def test_the_denoiser_leaves_what_arose_before_the_noise_to_later_steps_and_lear
     assert "undone by the classical tool the agent runs first (jpeg;" in line
 
 
+def test_the_upscaler_removes_the_blur_from_before_the_lower_resolution_and_keeps_haze_and_rain():
+    from tools.learned.tasks import get_task
+    from tools.learned.train import _context_line
+
+    task = get_task("upscale")
+    clean = np.random.default_rng(2).random((48, 48, 3), dtype=np.float32) * 0.8 + 0.1
+    rng = np.random.default_rng(0)
+    blurred_first = kept = 0
+    for _ in range(30):
+        degraded, target, params = task.in_context(clean, rng, own=True)
+        assert params["applied"] and np.abs(degraded - target).mean() > 1e-3
+        if {"haze", "rain"} & set(params["context"]):
+            assert np.abs(target - clean).mean() > 1e-3  # left for the dehazing or deraining step
+            kept += 1
+        else:  # blur before the lower resolution, and what earlier steps undo, are all the upscaler's to remove
+            np.testing.assert_array_equal(target, clean)
+            blurred_first += bool({"motion_blur", "defocus_blur"} & set(params["context"]))
+    assert blurred_first and kept
+    line = _context_line(task)
+    assert "kept in the target (haze, rain)" in line and "removed too (defocus_blur, motion_blur)" in line
+
+
 def test_init_from_another_tasks_weights_needs_the_flag(tmp_path):
     from tools.learned.train import TrainSettings, reproduce_command, train
 

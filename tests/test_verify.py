@@ -73,6 +73,13 @@ def test_brightening_and_denoising_may_reveal_blur_and_rain_they_hid():
     # Deraining hides no noise: a noise rise still counts against it.
     v = verify_step(Degradation.RAIN, report(rain=0.9), report(rain=0.1, noise=0.7), iqa(50), iqa(45), 0.95, THRESHOLDS)
     assert not v.accept and "noise" in v.reason
+    # Restoring detail shows the streak of a motion blur that the lower resolution had hidden, but adds no noise.
+    soft, sharper = report(low_resolution=0.9, motion_blur=0.3), report(low_resolution=0.1, motion_blur=0.6)
+    v = verify_step(Degradation.LOW_RESOLUTION, soft, sharper, iqa(50), iqa(45), 0.95, THRESHOLDS)
+    assert v.accept and v.checks["revealed"] == {"motion_blur": pytest.approx(0.3)}
+    grainy = report(low_resolution=0.1, motion_blur=0.3, noise=0.7)
+    v = verify_step(Degradation.LOW_RESOLUTION, soft, grainy, iqa(50), iqa(45), 0.95, THRESHOLDS)
+    assert not v.accept and "noise" in v.reason
 
 
 def test_iqa_tolerance_depends_on_the_target():

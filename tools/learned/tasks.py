@@ -437,6 +437,14 @@ TASKS: dict[str, Task] = {
             capture_share=0.5,
             capture_only_share=0.15,
             capture_deblock_share=0.5,
+            # In a mixture the lower resolution arose after the optics' blur (AgenticIR's motion or defocus with
+            # lower resolution), which the upscaler removes with it, as blind super-resolution does; haze and rain
+            # stay for the dehazing and deraining steps after it, and low light, noise and JPEG are undone first.
+            context_share=0.4,
+            context_kept=(Degradation.HAZE, Degradation.RAIN),
+            context_removed=(Degradation.DEFOCUS_BLUR, Degradation.MOTION_BLUR),
+            context_after=(Degradation.LOW_LIGHT, Degradation.NOISE, Degradation.JPEG),
+            context_only_share=0.1,
         ),
     )
 }
