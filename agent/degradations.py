@@ -90,7 +90,8 @@ _BLURS = frozenset({Degradation.MOTION_BLUR, Degradation.DEFOCUS_BLUR, Degradati
 #: rain looks like blur; brightening or dehazing lifts noise and blocks out of the shadows; darkness
 #: compresses contrast, so brightening also makes blur and rain streaks measurable; haze flattens contrast,
 #: so the blur left under it shows once it is gone; the softness of a lower resolution hides the shape of
-#: a blur that arose before it (a streak or a disc), which shows once the detail is restored.
+#: a blur that arose before it (a streak or a disc), which shows once the detail is restored, and a motion
+#: streak hides the softness of a lower resolution, which shows once the streak is gone.
 #: (Brightening also lifts the dark channel, a haze cue, but a haze step after brightening was
 #: seen to wreck an image, so that rise still counts against the step.)
 #: The verifier does not hold such a rise against the step, and the
@@ -105,7 +106,7 @@ REVEALS: dict[Degradation, frozenset[Degradation]] = {
     Degradation.HAZE: frozenset({Degradation.NOISE, Degradation.JPEG, Degradation.COLOR_CAST, Degradation.LOW_LIGHT})
     | _BLURS,
     Degradation.COLOR_CAST: frozenset(),
-    Degradation.MOTION_BLUR: frozenset(),
+    Degradation.MOTION_BLUR: frozenset({Degradation.LOW_RESOLUTION}),
     Degradation.DEFOCUS_BLUR: frozenset(),
     Degradation.LOW_RESOLUTION: frozenset({Degradation.MOTION_BLUR, Degradation.DEFOCUS_BLUR}),
 }

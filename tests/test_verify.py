@@ -80,6 +80,10 @@ def test_brightening_and_denoising_may_reveal_blur_and_rain_they_hid():
     grainy = report(low_resolution=0.1, motion_blur=0.3, noise=0.7)
     v = verify_step(Degradation.LOW_RESOLUTION, soft, grainy, iqa(50), iqa(45), 0.95, THRESHOLDS)
     assert not v.accept and "noise" in v.reason
+    # ... and removing the streak shows the softness of the lower resolution left beneath it.
+    streaked, unstreaked = report(motion_blur=0.8, low_resolution=0.3), report(motion_blur=0.1, low_resolution=0.6)
+    v = verify_step(Degradation.MOTION_BLUR, streaked, unstreaked, iqa(50), iqa(45), 0.95, THRESHOLDS)
+    assert v.accept and v.checks["revealed"] == {"low_resolution": pytest.approx(0.3)}
 
 
 def test_iqa_tolerance_depends_on_the_target():
