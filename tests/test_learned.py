@@ -46,6 +46,11 @@ def _restore_registry():
 TINY = NAFNetConfig(width=4, encoder_blocks=(1, 1), middle_blocks=1, decoder_blocks=(1, 1))
 
 
+def _clean_crop(seed: int = 1) -> np.ndarray:
+    """A random 48x48 RGB crop kept off black and white (0.1-0.9), for the tasks' mixture draws."""
+    return np.random.default_rng(seed).random((48, 48, 3), dtype=np.float32) * 0.8 + 0.1
+
+
 def _perturbed(config: NAFNetConfig = TINY, seed: int = 0) -> NAFNet:
     """A tiny network whose residual scales are non-zero, so every block really changes its input."""
     torch.manual_seed(seed)
@@ -438,7 +443,7 @@ def test_a_later_degradation_the_agent_missed_is_applied_alike_to_image_and_targ
     from agent.degradations import Degradation
     from tools.learned.tasks import Task, get_task
 
-    clean = np.random.default_rng(1).random((48, 48, 3), dtype=np.float32) * 0.8 + 0.1
+    clean = _clean_crop()
     task = Task(
         "derain",
         Degradation.RAIN,
@@ -464,7 +469,7 @@ def test_the_jpeg_model_learns_to_lift_only_the_compression_off_a_mixture():
     from tools.learned.train import _context_line
 
     task = get_task("jpeg")
-    clean = np.random.default_rng(1).random((48, 48, 3), dtype=np.float32) * 0.8 + 0.1
+    clean = _clean_crop()
     rng = np.random.default_rng(0)
     seen_noise = 0
     for _ in range(12):
@@ -486,7 +491,7 @@ def test_the_denoiser_leaves_what_arose_before_the_noise_to_later_steps_and_lear
     from tools.learned.train import _context_line
 
     task = get_task("denoise")
-    clean = np.random.default_rng(1).random((48, 48, 3), dtype=np.float32) * 0.8 + 0.1
+    clean = _clean_crop()
     rng = np.random.default_rng(0)
     kept_only = 0
     for _ in range(12):
@@ -508,7 +513,7 @@ def test_the_upscaler_removes_the_blur_from_before_the_lower_resolution_and_keep
     from tools.learned.train import _context_line
 
     task = get_task("upscale")
-    clean = np.random.default_rng(2).random((48, 48, 3), dtype=np.float32) * 0.8 + 0.1
+    clean = _clean_crop(seed=2)
     rng = np.random.default_rng(0)
     blurred_first = kept = 0
     for _ in range(30):
