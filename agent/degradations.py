@@ -91,7 +91,8 @@ _BLURS = frozenset({Degradation.MOTION_BLUR, Degradation.DEFOCUS_BLUR, Degradati
 #: compresses contrast, so brightening also makes blur and rain streaks measurable; haze flattens contrast,
 #: so the blur left under it shows once it is gone; the softness of a lower resolution hides the shape of
 #: a blur that arose before it (a streak or a disc), which shows once the detail is restored, and a motion
-#: streak hides the softness of a lower resolution, which shows once the streak is gone.
+#: streak or a defocus disc hides the softness of a lower resolution, and a disc the shape of a streak,
+#: which show once the blur over them is gone.
 #: (Brightening also lifts the dark channel, a haze cue, but a haze step after brightening was
 #: seen to wreck an image, so that rise still counts against the step.)
 #: The verifier does not hold such a rise against the step, and the
@@ -107,6 +108,6 @@ REVEALS: dict[Degradation, frozenset[Degradation]] = {
     | _BLURS,
     Degradation.COLOR_CAST: frozenset(),
     Degradation.MOTION_BLUR: frozenset({Degradation.LOW_RESOLUTION}),
-    Degradation.DEFOCUS_BLUR: frozenset(),
+    Degradation.DEFOCUS_BLUR: frozenset({Degradation.MOTION_BLUR, Degradation.LOW_RESOLUTION}),
     Degradation.LOW_RESOLUTION: frozenset({Degradation.MOTION_BLUR, Degradation.DEFOCUS_BLUR}),
 }

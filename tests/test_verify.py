@@ -84,6 +84,13 @@ def test_brightening_and_denoising_may_reveal_blur_and_rain_they_hid():
     streaked, unstreaked = report(motion_blur=0.8, low_resolution=0.3), report(motion_blur=0.1, low_resolution=0.6)
     v = verify_step(Degradation.MOTION_BLUR, streaked, unstreaked, iqa(50), iqa(45), 0.95, THRESHOLDS)
     assert v.accept and v.checks["revealed"] == {"low_resolution": pytest.approx(0.3)}
+    # A defocus disc hides a streak and the softness beneath it too; removing it adds no haze.
+    disc, undisc = report(defocus_blur=0.8, motion_blur=0.1), report(defocus_blur=0.1, motion_blur=0.6)
+    v = verify_step(Degradation.DEFOCUS_BLUR, disc, undisc, iqa(50), iqa(45), 0.95, THRESHOLDS)
+    assert v.accept and v.checks["revealed"] == {"motion_blur": pytest.approx(0.5)}
+    hazier = report(defocus_blur=0.1, motion_blur=0.1, haze=0.5)
+    v = verify_step(Degradation.DEFOCUS_BLUR, disc, hazier, iqa(50), iqa(45), 0.95, THRESHOLDS)
+    assert not v.accept and "haze" in v.reason
 
 
 def test_iqa_tolerance_depends_on_the_target():
