@@ -73,24 +73,49 @@ def test_brightening_and_denoising_may_reveal_blur_and_rain_they_hid():
     # Deraining hides no noise: a noise rise still counts against it.
     v = verify_step(Degradation.RAIN, report(rain=0.9), report(rain=0.1, noise=0.7), iqa(50), iqa(45), 0.95, THRESHOLDS)
     assert not v.accept and "noise" in v.reason
+
+
+# Per blur step: the report before it, one after it where a type it hid shows (tolerated, with that rise), and one
+# where a type it did not hide rises (held against it).
+BLUR_REVEALS = {
     # Restoring detail shows the streak of a motion blur that the lower resolution had hidden, but adds no noise.
-    soft, sharper = report(low_resolution=0.9, motion_blur=0.3), report(low_resolution=0.1, motion_blur=0.6)
-    v = verify_step(Degradation.LOW_RESOLUTION, soft, sharper, iqa(50), iqa(45), 0.95, THRESHOLDS)
-    assert v.accept and v.checks["revealed"] == {"motion_blur": pytest.approx(0.3)}
-    grainy = report(low_resolution=0.1, motion_blur=0.3, noise=0.7)
-    v = verify_step(Degradation.LOW_RESOLUTION, soft, grainy, iqa(50), iqa(45), 0.95, THRESHOLDS)
-    assert not v.accept and "noise" in v.reason
+    "lower resolution hid a streak": (
+        Degradation.LOW_RESOLUTION,
+        dict(low_resolution=0.9, motion_blur=0.3),
+        dict(low_resolution=0.1, motion_blur=0.6),
+        {"motion_blur": 0.3},
+        dict(low_resolution=0.1, motion_blur=0.3, noise=0.7),
+        "noise",
+    ),
     # ... and removing the streak shows the softness of the lower resolution left beneath it.
-    streaked, unstreaked = report(motion_blur=0.8, low_resolution=0.3), report(motion_blur=0.1, low_resolution=0.6)
-    v = verify_step(Degradation.MOTION_BLUR, streaked, unstreaked, iqa(50), iqa(45), 0.95, THRESHOLDS)
-    assert v.accept and v.checks["revealed"] == {"low_resolution": pytest.approx(0.3)}
+    "a streak hid the lower resolution": (
+        Degradation.MOTION_BLUR,
+        dict(motion_blur=0.8, low_resolution=0.3),
+        dict(motion_blur=0.1, low_resolution=0.6),
+        {"low_resolution": 0.3},
+        None,
+        None,
+    ),
     # A defocus disc hides a streak and the softness beneath it too; removing it adds no haze.
-    disc, undisc = report(defocus_blur=0.8, motion_blur=0.1), report(defocus_blur=0.1, motion_blur=0.6)
-    v = verify_step(Degradation.DEFOCUS_BLUR, disc, undisc, iqa(50), iqa(45), 0.95, THRESHOLDS)
-    assert v.accept and v.checks["revealed"] == {"motion_blur": pytest.approx(0.5)}
-    hazier = report(defocus_blur=0.1, motion_blur=0.1, haze=0.5)
-    v = verify_step(Degradation.DEFOCUS_BLUR, disc, hazier, iqa(50), iqa(45), 0.95, THRESHOLDS)
-    assert not v.accept and "haze" in v.reason
+    "a disc hid a streak": (
+        Degradation.DEFOCUS_BLUR,
+        dict(defocus_blur=0.8, motion_blur=0.1),
+        dict(defocus_blur=0.1, motion_blur=0.6),
+        {"motion_blur": 0.5},
+        dict(defocus_blur=0.1, motion_blur=0.1, haze=0.5),
+        "haze",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BLUR_REVEALS), ids=list(BLUR_REVEALS))
+def test_removing_a_blur_or_a_lower_resolution_may_reveal_what_it_hid(case):
+    target, before, revealing, revealed, unrelated, risen = BLUR_REVEALS[case]
+    v = verify_step(target, report(**before), report(**revealing), iqa(50), iqa(45), 0.95, THRESHOLDS)
+    assert v.accept and v.checks["revealed"] == {name: pytest.approx(rise) for name, rise in revealed.items()}
+    if unrelated is not None:
+        v = verify_step(target, report(**before), report(**unrelated), iqa(50), iqa(45), 0.95, THRESHOLDS)
+        assert not v.accept and risen in v.reason
 
 
 def test_iqa_tolerance_depends_on_the_target():
