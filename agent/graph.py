@@ -123,7 +123,9 @@ def plan(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
     if step is not None:
         update["model_plan"] = [s for s in planned or [] if s["target"] != step["target"]]
     else:
-        step = next_step(_report(state["report"]), state.get("handled", []), intent, ctx.policy, ctx.tools)
+        step = next_step(
+            _report(state["report"]), state.get("handled", []), intent, ctx.policy, ctx.tools, state.get("hidden")
+        )
     if step is not None and not step["attempts"]:
         # No tool can restore this type under the policy: record it and move on.
         return update | {
@@ -210,8 +212,18 @@ def verify(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
         after_iqa = ctx.iqa.score(image)
         fidelity = structural_fidelity(prev_image, image)
         intent = Intent.from_dict(state.get("intent"))
+        last_seen = state.get("hidden", {}).get(target.value)
         verdict = verify_step(
-            target, before, after, _iqa(state["iqa"]), after_iqa, fidelity, ctx.policy.thresholds, intent.protect
+            target,
+            before,
+            after,
+            _iqa(state["iqa"]),
+            after_iqa,
+            fidelity,
+            ctx.policy.thresholds,
+            intent.protect,
+            target_before=(last_seen[0], last_seen[1]) if last_seen else None,
+            done=[Degradation(step["target"]) for step in state.get("accepted", [])],
         )
         strength = float((candidate.get("params") or {}).get("strength", 1.0))
         features = step_features(
@@ -300,6 +312,7 @@ def verify(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
                 report=frame["report"],
                 iqa=frame["iqa"],
                 handled=[h for h in frame["handled"] if h != target.value],
+                hidden=frame.get("hidden", {}),
                 accepted=state["accepted"][:-1],
                 frames=frames[:-1],
                 backtracks=backtracks + 1,
@@ -355,6 +368,7 @@ def _accept_best(
         "report": state["report"],
         "iqa": state["iqa"],
         "handled": list(state.get("handled", [])),
+        "hidden": dict(state.get("hidden", {})),
         "step": {k: v for k, v in step.items() if k != "passed"} | {"attempt": step["attempt"] - 1},
     }
     return {
@@ -365,6 +379,8 @@ def _accept_best(
             *[h for h in state.get("handled", []) if h not in chosen["checks"].get("revealed", {})],
             target.value,
         ],
+        # what this step hid stays to be restored, judged against how it looked before (HIDES)
+        "hidden": state.get("hidden", {}) | chosen["checks"].get("hidden", {}),
         "accepted": [*state.get("accepted", []), chosen],
         "frames": [*state.get("frames", []), frame],
         "step": None,

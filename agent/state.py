@@ -53,6 +53,9 @@ class State(InputState, total=False):
     """What the request asks: degradations to fix only / to protect."""
     handled: list[str]
     """Degradations already addressed (accepted or given up), never planned again."""
+    hidden: dict[str, list[float]]
+    """Degradations an accepted step hid without removing them (``agent.degradations.HIDES``): type ->
+    [probability, severity] as last seen; still to restore unless handled."""
     step: dict[str, Any] | None
     """The step in progress: target degradation, candidate list, attempt index, rationale."""
     candidate: dict[str, Any] | None

@@ -15,7 +15,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from agent.degradations import REVEALS, Degradation
+from agent.degradations import HIDES, REVEALS, Degradation
 from agent.iqa import IQAScore, relative_change
 from agent.report import DegradationReport
 from tools.imageops import gray
@@ -140,16 +140,21 @@ def step_features(
     }
 
 
-def step_iqa_tolerance(target: Degradation, probability_drop: float, thresholds: Any) -> float:
+def step_iqa_tolerance(
+    target: Degradation, probability_drop: float, thresholds: Any, done: list[Degradation] | None = None
+) -> float:
     """The NR-IQA tolerance of a step that targeted ``target`` and lowered its probability by ``probability_drop``.
 
     The target's ``iqa_tolerance_by_target`` entry (else ``iqa_tolerance``), raised to its
-    ``iqa_tolerance_if_confident`` entry when the drop reaches ``confident_target_drop``.
+    ``iqa_tolerance_if_confident`` entry when the drop reaches ``confident_target_drop``, and to its
+    ``iqa_tolerance_after`` entry under any of ``done``, the targets of the steps accepted before it.
     """
     tolerance = thresholds.iqa_tolerance_by_target.get(target, thresholds.iqa_tolerance)
     confident = thresholds.iqa_tolerance_if_confident.get(target)
     if confident is not None and probability_drop >= thresholds.confident_target_drop:
         tolerance = max(tolerance, confident)
+    for earlier in done or []:
+        tolerance = max(tolerance, thresholds.iqa_tolerance_after.get(earlier, {}).get(target, tolerance))
     return float(tolerance)
 
 
@@ -162,14 +167,25 @@ def verify_step(
     fidelity: float,
     thresholds: Any,
     protected: list[Degradation] | None = None,
+    target_before: tuple[float, float] | None = None,
+    done: list[Degradation] | None = None,
 ) -> Verdict:
     """Decide whether a step that targeted ``target`` made things better.
 
     ``thresholds`` is the policy's thresholds section (presence_threshold, min_target_drop,
-    max_other_rise, iqa_tolerance, min_fidelity).
+    max_other_rise, iqa_tolerance, min_fidelity). ``target_before`` is the target's probability and
+    severity where it was last seen, for a type an earlier step hid (:data:`agent.degradations.HIDES`):
+    its drop is measured from there, since ``before`` no longer shows it; the other checks still compare
+    with ``before``, and any other type that becomes present counts against the step, however little it
+    rose. ``checks["hidden"]`` lists what this step hid: ``{type: [probability, severity]}``
+    as they were before it. ``done`` holds the targets of the steps accepted before this one (for
+    ``iqa_tolerance_after``).
     """
-    prob_drop = before.probability(target) - after.probability(target)
-    sev_drop = before.severity(target) - after.severity(target)
+    target_probability, target_severity = (
+        target_before if target_before is not None else (before.probability(target), before.severity(target))
+    )
+    prob_drop = target_probability - after.probability(target)
+    sev_drop = target_severity - after.severity(target)
     all_rises = {
         d: round(after.probability(d) - before.probability(d), 4)
         for d in after.estimates
@@ -178,7 +194,19 @@ def verify_step(
         and after.probability(d) - before.probability(d) > thresholds.max_other_rise
     }
     revealed = {d.value: v for d, v in all_rises.items() if d in REVEALS[target]}
+    hidden = {
+        d.value: [round(before.probability(d), 4), round(before.severity(d), 4)]
+        for d in HIDES.get(target, frozenset())
+        if before.probability(d) >= thresholds.presence_for(d) > after.probability(d)
+    }
     rises = {d.value: v for d, v in all_rises.items() if d not in REVEALS[target]}
+    if target_before is not None:
+        # Its target no longer measurable, such a step must not make any other type appear at all.
+        rises |= {
+            d.value: round(after.probability(d) - before.probability(d), 4)
+            for d in after.estimates
+            if d != target and after.probability(d) >= thresholds.presence_for(d) > before.probability(d)
+        }
     protected_rises = [
         d.value for d in (protected or []) if after.probability(d) < before.probability(d) - thresholds.max_other_rise
     ]
@@ -188,6 +216,7 @@ def verify_step(
         "target_severity_drop": round(sev_drop, 4),
         "other_rises": rises,
         "revealed": revealed,
+        "hidden": hidden,
         "iqa_gain": None if gain is None else round(gain, 4),
         "fidelity": round(fidelity, 4),
     }
@@ -205,7 +234,7 @@ def verify_step(
         return Verdict(False, "other degradations rose: " + ", ".join(f"{k} +{v}" for k, v in rises.items()), checks)
     if protected_rises:
         return Verdict(False, "removed a protected effect: " + ", ".join(protected_rises), checks)
-    tolerance = step_iqa_tolerance(target, prob_drop, thresholds)
+    tolerance = step_iqa_tolerance(target, prob_drop, thresholds, done)
     checks["iqa_tolerance"] = tolerance
     if gain is not None and gain < -tolerance:
         return Verdict(False, f"no-reference quality fell by {-gain:.1%} (tolerance {tolerance:.0%})", checks)

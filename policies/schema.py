@@ -89,6 +89,13 @@ class Thresholds(_Section):
             "often lower PIQE/NIQE even when right, and a large drop tells a right step from a wrong one"
         ),
     )
+    iqa_tolerance_after: dict[Degradation, dict[Degradation, float]] = Field(
+        default_factory=dict,
+        description=(
+            "per target of an earlier accepted step, then per targeted degradation, a larger iqa_tolerance for a "
+            "later step: NR metrics score a denoised photo far worse once it is sharpened, even when right"
+        ),
+    )
     confident_target_drop: float = Field(
         default=0.3,
         ge=0.0,

@@ -14,11 +14,24 @@ import numpy as np
 import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 
+from agent.context import RunContext
+from agent.degradations import Degradation
 from agent.graph import build_graph, graph
-from agent.imageio import file_sha256, load_image
+from agent.imageio import file_sha256, load_image, save_image
+from agent.report import DegradationEstimate, DegradationReport
 from agent.runner import restore_image
 from agent.trace import format_table, load_trace
-from tests.fakes import fake_context, noisy_dark_image
+from policies import policy_from_mapping
+from tests.fakes import (
+    FakeAssessor,
+    FakeDenoise,
+    fake_context,
+    fake_policy,
+    fake_registry,
+    high_pass_std,
+    noisy_dark_image,
+)
+from tools.base import STRENGTH, ToolSpec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -148,3 +161,40 @@ def test_resume_with_an_unusable_checkpoint_starts_again(tmp_path):
     (run_dir / "checkpoints.sqlite").write_bytes(b"not a database")
     result = restore_image(image, run_dir, fake_context(), resume=True)
     assert result.kept == "output" and result.output_path is not None
+
+
+class _BlockyNoiseAssessor(FakeAssessor):
+    """The fake assessor, plus JPEG blocks read off the same fine-scale energy (gone once smoothed)."""
+
+    def assess(self, image: np.ndarray) -> DegradationReport:
+        report = super().assess(image)
+        blocks = float(np.clip((high_pass_std(image) - 0.01) / 0.01, 0.0, 1.0))
+        report.estimates[Degradation.JPEG] = DegradationEstimate(probability=blocks, severity=blocks)
+        return report
+
+
+class _FakeDeblock(FakeDenoise):
+    """Smoothing as a JPEG step: it takes the noise below the assessor's notice along with the blocks."""
+
+    spec = ToolSpec("fake_deblock", "gaussian smoothing", (Degradation.JPEG,), (STRENGTH,), family="test")
+
+
+def test_noise_a_jpeg_step_hid_is_still_restored(tmp_path):
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:96, 0:96].astype(np.float32) / 96
+    base = 0.45 + 0.2 * np.sin(6 * xx) * np.cos(4 * yy)
+    noisy = np.clip(np.repeat(base[..., None], 3, axis=2) + rng.normal(0, 0.06, (96, 96, 3)), 0, 1)
+    image = save_image(noisy.astype(np.float32), tmp_path / "in.png")
+    registry = fake_registry()
+    registry.add_instance(_FakeDeblock())
+    data = fake_policy().model_dump(mode="json")
+    data["candidates"]["jpeg"] = [{"tool": "fake_deblock", "strengths": [1.0]}]
+    data["thresholds"]["iqa_tolerance_by_target"]["noise"] = 1.0  # PIQE dislikes smoothing a smoothed image
+    context = RunContext(policy=policy_from_mapping(data), registry=registry, assessor=_BlockyNoiseAssessor())
+    result = restore_image(image, tmp_path / "run", context)
+    jpeg_step, noise_step = result.trace["accepted"]
+    assert jpeg_step["tool"] == "fake_deblock" and jpeg_step["report_after"]["noise"][0] < 0.5
+    assert jpeg_step["checks"]["hidden"]["noise"][0] >= 0.5
+    assert noise_step["tool"] == "fake_denoise" and noise_step["target"] == "noise"
+    assert noise_step["checks"]["target_probability_drop"] >= 0.5  # from where the noise was last seen
+    assert result.kept == "output"

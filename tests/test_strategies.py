@@ -154,6 +154,19 @@ def test_pairwise_prior_overrides_the_fixed_order_where_it_has_an_opinion():
     assert next_step(_report(noise=0.9), [], Intent(), learned, registry)["target"] == "noise"
 
 
+def test_a_type_an_earlier_step_hid_is_still_planned_until_handled():
+    registry, policy = fake_registry(), fake_policy()
+    smoothed = _report(low_light=0.9)  # the noise no longer reads as present
+    hidden = {"noise": [0.8, 0.6]}
+    assert next_step(smoothed, [], Intent(), policy, registry)["target"] == "low_light"
+    step = next_step(smoothed, [], Intent(), policy, registry, hidden)
+    assert step["target"] == "noise" and step["attempts"][0]["tool"] == "fake_denoise"
+    assert "hidden by an earlier step" in step["rationale"] and "p=0.80" in step["rationale"]
+    assert next_step(smoothed, ["noise"], Intent(), policy, registry, hidden)["target"] == "low_light"
+    protect = Intent(protect=[Degradation.NOISE])
+    assert next_step(smoothed, [], protect, policy, registry, hidden)["target"] == "low_light"
+
+
 def test_pairwise_prior_names_are_checked():
     import pytest
 

@@ -118,6 +118,51 @@ def test_removing_a_blur_or_a_lower_resolution_may_reveal_what_it_hid(case):
         assert not v.accept and risen in v.reason
 
 
+def test_a_jpeg_step_that_smooths_the_noise_below_presence_hides_it_and_does_not_remove_it():
+    before, after = report(jpeg=0.95, noise=0.8), report(jpeg=0.1, noise=0.05)
+    v = verify_step(Degradation.JPEG, before, after, iqa(50), iqa(45), 0.95, THRESHOLDS)
+    assert v.accept and v.checks["hidden"] == {"noise": [0.8, 0.8]}
+    # Noise still seen after the step is not hidden (the planner finds it), nor is noise never seen before it.
+    v = verify_step(Degradation.JPEG, before, report(jpeg=0.1, noise=0.6), iqa(50), iqa(45), 0.95, THRESHOLDS)
+    assert v.accept and v.checks["hidden"] == {}
+    v = verify_step(Degradation.JPEG, report(jpeg=0.95, noise=0.3), after, iqa(50), iqa(45), 0.95, THRESHOLDS)
+    assert v.accept and v.checks["hidden"] == {}
+    # Denoising hides nothing by this rule, whatever it does to the blocks.
+    v = verify_step(Degradation.NOISE, before, after, iqa(50), iqa(45), 0.95, THRESHOLDS)
+    assert v.checks["hidden"] == {}
+
+
+def test_a_hidden_target_drops_from_where_it_was_last_seen():
+    smoothed, denoised = report(noise=0.05), report(noise=0.01)
+    v = verify_step(Degradation.NOISE, smoothed, denoised, iqa(50), iqa(52), 0.95, THRESHOLDS)
+    assert not v.accept and "did not drop" in v.reason
+    v = verify_step(Degradation.NOISE, smoothed, denoised, iqa(50), iqa(52), 0.95, THRESHOLDS, target_before=(0.8, 0.7))
+    assert v.accept, v.reason
+    assert v.checks["target_probability_drop"] == pytest.approx(0.79)
+    assert v.checks["target_severity_drop"] == pytest.approx(0.69)
+    # The other checks still compare with the image the step started from.
+    v = verify_step(
+        Degradation.NOISE, smoothed, denoised, iqa(50), iqa(50 * 1.8), 0.95, THRESHOLDS, target_before=(0.8, 0.7)
+    )
+    assert not v.accept and "quality fell" in v.reason
+    # With no measurable target, a type that becomes present counts against it however little it rose.
+    v = verify_step(
+        Degradation.NOISE,
+        report(haze=0.1),
+        report(haze=0.25),
+        iqa(50),
+        iqa(45),
+        0.95,
+        THRESHOLDS,
+        target_before=(0.8, 0.7),
+    )
+    assert not v.accept and "haze" in v.reason
+    v = verify_step(
+        Degradation.NOISE, report(noise=0.9, haze=0.1), report(haze=0.25), iqa(50), iqa(45), 0.95, THRESHOLDS
+    )
+    assert v.accept, v.reason
+
+
 def test_iqa_tolerance_depends_on_the_target():
     # Denoising may lower PIQE/NIQE by up to 35 %; brightening may not lower it by 2 %.
     worse = iqa(50 * 1.2)
@@ -150,6 +195,35 @@ def test_confident_target_drop_raises_the_iqa_tolerance_of_that_step_and_of_the_
     assert not verify_final(*args).accept
     assert verify_final(*args, step_tolerances=[0.2]).accept
     assert not verify_final(*args, step_tolerances=[0.05]).accept
+
+
+def test_an_earlier_step_of_one_type_raises_the_iqa_tolerance_of_a_later_step_of_another():
+    after_denoising = THRESHOLDS.model_copy(
+        update={
+            "iqa_tolerance_by_target": {Degradation.DEFOCUS_BLUR: 0.2},
+            "iqa_tolerance_if_confident": {},
+            "iqa_tolerance_after": {Degradation.NOISE: {Degradation.DEFOCUS_BLUR: 0.65}},
+        }
+    )
+    sharpened = iqa(50 * 1.5)  # PIQE half as bad again, as a denoised photo scores once deblurred
+    args = (Degradation.DEFOCUS_BLUR, report(defocus_blur=0.9), report(defocus_blur=0.1), iqa(50), sharpened, 0.95)
+    v = verify_step(*args, after_denoising, done=[Degradation.JPEG, Degradation.NOISE])
+    assert v.accept and v.checks["iqa_tolerance"] == 0.65
+    for done in ([], [Degradation.JPEG], None):  # no denoising before it: the target's own 20 %
+        v = verify_step(*args, after_denoising, done=done)
+        assert not v.accept and "tolerance 20%" in v.reason
+    # The entry is for deblurring after denoising, not the other way round.
+    v = verify_step(
+        Degradation.NOISE,
+        report(noise=0.9),
+        report(noise=0.1),
+        iqa(50),
+        sharpened,
+        0.95,
+        after_denoising,
+        done=[Degradation.DEFOCUS_BLUR],
+    )
+    assert not v.accept and "quality fell" in v.reason
 
 
 def test_fidelity_guard_rejects_lost_structure():

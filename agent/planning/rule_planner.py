@@ -110,17 +110,26 @@ def next_step(
     intent: Intent,
     policy: Any,
     registry: ToolRegistry,
+    hidden: dict[str, list[float]] | None = None,
 ) -> dict[str, Any] | None:
     """The next step to take, or ``None`` when nothing is left to fix.
 
     Picks, among the degradations the report finds present and not yet handled, the first in
-    the policy's restoration order; the request can narrow (``only``) or protect types.
+    the policy's restoration order; the request can narrow (``only``) or protect types. ``hidden``
+    holds the types an earlier step hid without removing them (type -> [probability, severity] as
+    last seen, :data:`agent.degradations.HIDES`): they count as present.
     """
     present = [
         d
         for d, estimate in report.estimates.items()
         if estimate.probability >= policy.presence_threshold(d) and d.value not in handled and intent.allows(d)
     ]
+    last_seen = {
+        d: seen
+        for d, seen in ((Degradation(name), seen) for name, seen in (hidden or {}).items())
+        if d not in present and d.value not in handled and intent.allows(d)
+    }
+    present += list(last_seen)
     # A degradation the request names with numbers ("upscale 2x", "deblur with sigma 2") is done even
     # when the assessor does not find it.
     present += [
@@ -140,12 +149,14 @@ def next_step(
     target = choose_first(present, policy)
     attempts = expand_candidates(policy, registry, target, report, intent)
     estimate = report.estimates[target]
+    if target in last_seen:
+        probability, severity = last_seen[target]
+        seen = f"hidden by an earlier step, not removed (p={probability:.2f}, severity={severity:.2f} before it)"
+    else:
+        seen = f"present (p={estimate.probability:.2f}, severity={estimate.severity:.2f})"
     return {
         "target": target.value,
         "attempts": attempts,
         "attempt": 0,
-        "rationale": (
-            f"{target.value} present (p={estimate.probability:.2f}, severity={estimate.severity:.2f}); "
-            f"first in restoration order among {[d.value for d in present]}"
-        ),
+        "rationale": f"{target.value} {seen}; first in restoration order among {[d.value for d in present]}",
     }
