@@ -133,33 +133,23 @@ def test_a_jpeg_step_that_smooths_the_noise_below_presence_hides_it_and_does_not
 
 
 def test_a_hidden_target_drops_from_where_it_was_last_seen():
-    smoothed, denoised = report(noise=0.05), report(noise=0.01)
-    v = verify_step(Degradation.NOISE, smoothed, denoised, iqa(50), iqa(52), 0.95, THRESHOLDS)
+    def denoise(before, after, after_piqe=52.0, **kwargs):
+        return verify_step(Degradation.NOISE, before, after, iqa(50), iqa(after_piqe), 0.95, THRESHOLDS, **kwargs)
+
+    smoothed, denoised, last_seen = report(noise=0.05), report(noise=0.01), (0.8, 0.7)
+    v = denoise(smoothed, denoised)
     assert not v.accept and "did not drop" in v.reason
-    v = verify_step(Degradation.NOISE, smoothed, denoised, iqa(50), iqa(52), 0.95, THRESHOLDS, target_before=(0.8, 0.7))
+    v = denoise(smoothed, denoised, target_before=last_seen)
     assert v.accept, v.reason
     assert v.checks["target_probability_drop"] == pytest.approx(0.79)
     assert v.checks["target_severity_drop"] == pytest.approx(0.69)
     # The other checks still compare with the image the step started from.
-    v = verify_step(
-        Degradation.NOISE, smoothed, denoised, iqa(50), iqa(50 * 1.8), 0.95, THRESHOLDS, target_before=(0.8, 0.7)
-    )
+    v = denoise(smoothed, denoised, 50 * 1.8, target_before=last_seen)
     assert not v.accept and "quality fell" in v.reason
     # With no measurable target, a type that becomes present counts against it however little it rose.
-    v = verify_step(
-        Degradation.NOISE,
-        report(haze=0.1),
-        report(haze=0.25),
-        iqa(50),
-        iqa(45),
-        0.95,
-        THRESHOLDS,
-        target_before=(0.8, 0.7),
-    )
+    v = denoise(report(haze=0.1), report(haze=0.25), 45.0, target_before=last_seen)
     assert not v.accept and "haze" in v.reason
-    v = verify_step(
-        Degradation.NOISE, report(noise=0.9, haze=0.1), report(haze=0.25), iqa(50), iqa(45), 0.95, THRESHOLDS
-    )
+    v = denoise(report(noise=0.9, haze=0.1), report(haze=0.25), 45.0)
     assert v.accept, v.reason
 
 
@@ -213,16 +203,8 @@ def test_an_earlier_step_of_one_type_raises_the_iqa_tolerance_of_a_later_step_of
         v = verify_step(*args, after_denoising, done=done)
         assert not v.accept and "tolerance 20%" in v.reason
     # The entry is for deblurring after denoising, not the other way round.
-    v = verify_step(
-        Degradation.NOISE,
-        report(noise=0.9),
-        report(noise=0.1),
-        iqa(50),
-        sharpened,
-        0.95,
-        after_denoising,
-        done=[Degradation.DEFOCUS_BLUR],
-    )
+    denoising = (Degradation.NOISE, report(noise=0.9), report(noise=0.1), iqa(50), sharpened, 0.95)
+    v = verify_step(*denoising, after_denoising, done=[Degradation.DEFOCUS_BLUR])
     assert not v.accept and "quality fell" in v.reason
 
 
