@@ -115,6 +115,6 @@ REVEALS: dict[Degradation, frozenset[Degradation]] = {
 #: What removing a degradation can hide without removing it: a JPEG step smooths the noise that was
 #: compressed with the blocks into soft blotches that no longer read as noise, though they are still
 #: there (MiO100's noise + JPEG images, seeds 2025-2026: the learned denoiser after the JPEG step gains
-#: 0.3-2.5 dB). A type seen present before such a step and gone after it stays to be restored; its step
+#: 0.2-2.5 dB). A type seen present before such a step and gone after it stays to be restored; its step
 #: is judged against what was seen before the hiding step (``agent.verify.verify_step``'s ``target_before``).
 HIDES: dict[Degradation, frozenset[Degradation]] = {Degradation.JPEG: frozenset({Degradation.NOISE})}

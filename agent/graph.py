@@ -223,7 +223,7 @@ def verify(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
             ctx.policy.thresholds,
             intent.protect,
             target_before=(last_seen[0], last_seen[1]) if last_seen else None,
-            done=[Degradation(step["target"]) for step in state.get("accepted", [])],
+            done=[Degradation(accepted["target"]) for accepted in state.get("accepted", [])],
         )
         strength = float((candidate.get("params") or {}).get("strength", 1.0))
         features = step_features(
