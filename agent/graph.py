@@ -378,6 +378,7 @@ def _accept_best(
         "handled": [
             *[h for h in state.get("handled", []) if h not in chosen["checks"].get("revealed", {})],
             target.value,
+            *chosen["checks"].get("unfounded", {}),
         ],
         # what this step hid stays to be restored, judged against how it looked before (HIDES)
         "hidden": state.get("hidden", {}) | chosen["checks"].get("hidden", {}),

@@ -176,10 +176,10 @@ def verify_step(
     max_other_rise, iqa_tolerance, min_fidelity). ``target_before`` is the target's probability and
     severity where it was last seen, for a type an earlier step hid (:data:`agent.degradations.HIDES`):
     its drop is measured from there, since ``before`` no longer shows it; the other checks still compare
-    with ``before``, and any other type that becomes present counts against the step, however little it
-    rose. ``checks["hidden"]`` lists what this step hid: ``{type: [probability, severity]}``
-    as they were before it. ``done`` holds the targets of the steps accepted before this one (for
-    ``iqa_tolerance_after``).
+    with ``before``. A type that such a step makes present is listed in ``checks["unfounded"]`` (the
+    graph does not plan it: it is the look of the smoothing). ``checks["hidden"]`` lists what this step
+    hid: ``{type: [probability, severity]}`` as they were before it. ``done`` holds the targets of the
+    steps accepted before this one (for ``iqa_tolerance_after``).
     """
     target_probability, target_severity = (
         target_before if target_before is not None else (before.probability(target), before.severity(target))
@@ -200,13 +200,15 @@ def verify_step(
         if before.probability(d) >= thresholds.presence_for(d) > after.probability(d)
     }
     rises = {d.value: v for d, v in all_rises.items() if d not in REVEALS[target]}
-    if target_before is not None:
-        # Its target no longer measurable, such a step must not make any other type appear at all.
-        rises |= {
-            d.value: round(after.probability(d) - before.probability(d), 4)
-            for d in after.estimates
-            if d != target and after.probability(d) >= thresholds.presence_for(d) > before.probability(d)
-        }
+    # What the step on a hidden type makes appear is the look of its smoothing, not a finding (the hiding step
+    # already showed what the type had hidden): the graph does not plan it.
+    unfounded = {
+        d.value: round(after.probability(d) - before.probability(d), 4)
+        for d in after.estimates
+        if target_before is not None
+        and d != target
+        and after.probability(d) >= thresholds.presence_for(d) > before.probability(d)
+    }
     protected_rises = [
         d.value for d in (protected or []) if after.probability(d) < before.probability(d) - thresholds.max_other_rise
     ]
@@ -217,6 +219,7 @@ def verify_step(
         "other_rises": rises,
         "revealed": revealed,
         "hidden": hidden,
+        "unfounded": unfounded,
         "iqa_gain": None if gain is None else round(gain, 4),
         "fidelity": round(fidelity, 4),
     }

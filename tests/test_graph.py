@@ -164,12 +164,16 @@ def test_resume_with_an_unusable_checkpoint_starts_again(tmp_path):
 
 
 class _BlockyNoiseAssessor(FakeAssessor):
-    """The fake assessor, plus JPEG blocks read off the same fine-scale energy (gone once smoothed)."""
+    """The fake assessor, plus JPEG blocks read off the same fine-scale energy (gone once smoothed), and haze
+    read into an image smoothed twice."""
 
     def assess(self, image: np.ndarray) -> DegradationReport:
         report = super().assess(image)
-        blocks = float(np.clip((high_pass_std(image) - 0.01) / 0.01, 0.0, 1.0))
+        detail = high_pass_std(image)
+        blocks = float(np.clip((detail - 0.01) / 0.01, 0.0, 1.0))
         report.estimates[Degradation.JPEG] = DegradationEstimate(probability=blocks, severity=blocks)
+        haze = 0.3 if detail < 0.005 else 0.0
+        report.estimates[Degradation.HAZE] = DegradationEstimate(probability=haze, severity=haze)
         return report
 
 
@@ -197,4 +201,7 @@ def test_noise_a_jpeg_step_hid_is_still_restored(tmp_path):
     assert jpeg_step["checks"]["hidden"]["noise"][0] >= 0.5
     assert noise_step["tool"] == "fake_denoise" and noise_step["target"] == "noise"
     assert noise_step["checks"]["target_probability_drop"] >= 0.5  # from where the noise was last seen
+    # The haze read into the twice-smoothed image is the look of the smoothing: not planned.
+    assert noise_step["checks"]["unfounded"] == {"haze": 0.3}
+    assert all(a.get("target") != "haze" for a in result.trace["attempts"])
     assert result.kept == "output"
