@@ -137,7 +137,7 @@ MIO100_COMBINATIONS: dict[str, tuple[Degradation, ...]] = {
     "C4": (D.MOTION_BLUR, D.DEFOCUS_BLUR, D.NOISE),
 }
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg", ".webp")
 
 #: Set14 members that are not photographs (a comic drawing and a slide); left out of the evaluation split.
 SET14_NON_PHOTOS: tuple[str, ...] = ("img_005", "img_013")

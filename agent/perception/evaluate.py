@@ -12,8 +12,9 @@ precision/recall/F1 and the confusion matrix on the single set; multi-label micr
 rate, per-type F1 and severity error on the mixtures; how often "no" wins on clean crops (semantic
 agnosticism: only the content differs between them); and on each real set in ``shared/data`` whose
 dominant degradation is known (DICM: low light, PolyU: noise, Rain100L: rain, SOTS: haze, the underwater
-sets: colour cast), the share of images whose dominant degradation is that label. Also the assessor's
-mean time per image.
+sets: colour cast), the share of images whose dominant degradation is that label. The real sets are scored
+on their held-out part (:mod:`agent.perception.real_sets`: SA-CLIP training may read the other part; at
+most ``--real-limit`` images per set, evenly spaced). Also the assessor's mean time per image.
 
 The dominant degradation is SA-CLIP's softmax winner when the assessor provides one, else the most
 probable type at or above probability 0.5 ("no" when none is).
@@ -33,23 +34,11 @@ from typing import Any
 import numpy as np
 
 from agent.degradations import Degradation
+from agent.perception.real_sets import HELD_OUT, TRAIN, load_real_sets
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SHARED = Path(__file__).resolve().parents[3] / "shared"
-
-#: Real sets of ``shared/data`` with their known dominant degradation.
-REAL_SETS: dict[str, tuple[str, Degradation]] = {
-    "DICM": ("degraded/DICM_lowlight_ZeroDCE", Degradation.LOW_LIGHT),
-    "PolyU": ("degraded/PolyU_real_noise_cropped100", Degradation.NOISE),
-    "Rain100L": ("degraded/Rain100L_synthetic_samples", Degradation.RAIN),
-    "SOTS": ("degraded/SOTS_indoor_synthetic_haze_subset50", Degradation.HAZE),
-    "EUVP": ("underwater/EUVP_test_samples_FUnIE-GAN", Degradation.COLOR_CAST),
-    "LSUI": ("underwater/LSUI_test_samples_Ushape", Degradation.COLOR_CAST),
-    "U45": ("underwater/U45", Degradation.COLOR_CAST),
-    "RUIE": ("underwater/RUIE_UCCS", Degradation.COLOR_CAST),
-}
-
 
 #: Severity bands of the single-degradation crops for the per-band accuracy (the synthesis draws severity in [0, 1]).
 SEVERITY_BANDS = ((0.0, 1 / 3), (1 / 3, 2 / 3), (2 / 3, 1.0 + 1e-9))
@@ -242,24 +231,6 @@ def evaluate_assessor(
     return result
 
 
-def load_real_sets(
-    shared: Path, limit: int | None, max_side: int = 512
-) -> dict[str, tuple[list[np.ndarray], Degradation]]:
-    """The real sets found under ``shared/data`` (degraded inputs only), at most ``limit`` images each."""
-    from evals.datasets import load_dataset
-    from evals.synthesis import load_clean_images
-
-    sets = {}
-    for name, (relative, label) in REAL_SETS.items():
-        root = shared / "data" / relative
-        if not root.is_dir():
-            continue
-        entries = load_dataset(root).entries[:limit]
-        images = [image for _, image in load_clean_images([e.lq for e in entries], crop=max_side, seed=None)]
-        sets[name] = (images, label)
-    return sets
-
-
 def format_result(result: dict[str, Any]) -> str:
     """A readable summary of :func:`evaluate_assessor`'s result."""
     single, mixed = result["single"], result["mixed"]
@@ -316,6 +287,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--per-class", type=int, default=20, help="single-degradation crops per class")
     parser.add_argument("--mixtures", type=int, default=160, help="crops with two or three degradations")
     parser.add_argument("--real-limit", type=int, default=40, help="images per real set (0: skip the real sets)")
+    parser.add_argument(
+        "--real-part",
+        choices=(HELD_OUT, TRAIN, "all"),
+        default=HELD_OUT,
+        help="which part of the real sets to score (agent.perception.real_sets; default: the held-out part)",
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=None, help="write the full result (confusion matrix...) as JSON")
     parser.add_argument(
@@ -334,7 +311,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: --write-card needs a SA-CLIP assessor (saclip or saclip:<folder>)", file=sys.stderr)
         return 2
     single, mixed = synthetic_sets(args.shared, args.per_class, args.mixtures, args.seed)
-    real = load_real_sets(args.shared, args.real_limit) if args.real_limit > 0 else {}
+    part = None if args.real_part == "all" else args.real_part
+    real = load_real_sets(args.shared, args.real_limit, part=part) if args.real_limit > 0 else {}
     result = evaluate_assessor(assessor, single, mixed, real)
     result["settings"] = {k: str(v) for k, v in vars(args).items()}
     print(format_result(result))

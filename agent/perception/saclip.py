@@ -444,22 +444,26 @@ def saclip_loss(
     sa_rows: torch.Tensor | None = None,
     sa_targets: torch.Tensor | None = None,
     weights: LossWeights = LossWeights(),  # noqa: B008 - frozen dataclass, safe as a default
+    presence_known: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """The full SA-CLIP objective and its terms.
 
     ``total = w_f L_FID + lambda L_SA + w_ce CE + w_p BCE + w_s L1``. The fidelity loss alone collapses
     (``1 - sqrt(p)`` has almost no gradient once the model is confidently wrong, and the SA term pushes
     everything toward "no"), so the softmax also gets a cross-entropy term. The presence heads get a
-    multi-label binary cross-entropy and the severity head an L1 error counted only where the type is present.
+    multi-label binary cross-entropy and the severity head an L1 error counted only where the type is present
+    and its severity known. A real photo is labelled with its dominant degradation only: ``presence_known``
+    limits its BCE to that type, and a negative severity marks the severity as unknown.
 
     Args:
         outputs: :meth:`SAClipModel.forward` results for the whole batch (degraded and clean rows).
         targets: ``(N, K)`` softmax targets (rows sum to 1; clean rows one-hot on "no").
         presence: ``(N, T)`` 0/1 labels per type.
-        severity: ``(N, T)`` severities in [0, 1] (ignored where ``presence`` is 0).
+        severity: ``(N, T)`` severities in [0, 1] (ignored where ``presence`` is 0 or the severity negative).
         sa_rows: Indices of the clean rows that are the ground truth of a degraded row, or ``None``.
         sa_targets: ``(M, K)`` the degraded rows' targets for those clean rows.
         weights: The term weights.
+        presence_known: ``(N, T)`` 1 where the presence label is known, 0 where it is not (``None``: all known).
 
     Returns:
         ``{"total", "fidelity", "sa", "cross_entropy", "presence", "severity"}`` scalar tensors.
@@ -472,8 +476,12 @@ def saclip_loss(
     sa = zero
     if sa_rows is not None and sa_targets is not None and len(sa_rows):
         sa = semantic_agnostic_loss(probabilities[sa_rows], sa_targets)
-    bce = functional.binary_cross_entropy_with_logits(outputs["presence_logits"], presence)
-    mask = presence > 0.5
+    if presence_known is None:
+        bce = functional.binary_cross_entropy_with_logits(outputs["presence_logits"], presence)
+    else:
+        per_entry = functional.binary_cross_entropy_with_logits(outputs["presence_logits"], presence, reduction="none")
+        bce = (per_entry * presence_known).sum() / presence_known.sum().clamp(min=1.0)
+    mask = (presence > 0.5) & (severity >= 0)
     sev = (outputs["severity"] - severity).abs()[mask].mean() if bool(mask.any()) else zero
     total = (
         weights.fidelity * fid

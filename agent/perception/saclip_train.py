@@ -11,6 +11,12 @@ two or three (half of them MiO100 combinations), sometimes none (the clean crop 
 For a share of the degraded crops the clean crop rides along: it is a ``"no"`` example and the ground
 truth of AutoDIR's semantic-agnostic loss. The loss is :func:`agent.perception.saclip.saclip_loss`.
 
+With ``--p-real P`` a share P of the samples are crops of real degraded photos instead: the training part
+of the real sets (:mod:`agent.perception.real_sets`; the evaluation scores only their held-out part),
+each labelled with its set's dominant degradation and nothing else (the other types' presence and the
+severity are unknown and do not count in the loss). SOTS' clean references (indoor scenes) join the
+clean photos, which widens the content beyond BSD100's 90 photos.
+
 Measuring a crop with the estimators (needed when the model takes them, ``--measurements``) costs ten
 times its synthesis, so ``--cache N`` synthesises and measures N samples once, in parallel (``--workers``),
 in resumable chunks under ``~/.cache/restora`` (``--cache-dir``), and training draws batches from them
@@ -196,6 +202,32 @@ def make_sample(
     return sample
 
 
+def make_real_sample(
+    image: np.ndarray,
+    label: Degradation,
+    size: int,
+    rng: np.random.Generator,
+    measurement_names: Sequence[str] = (),
+) -> dict[str, np.ndarray]:
+    """A random crop of a real degraded photo whose dominant degradation ``label`` is all that is known of it.
+
+    The softmax target is ``label``; presence is known for ``label`` only (``presence_known``) and its
+    severity is unknown (-1). There is no clean crop, so ``clean`` repeats the image and is never used.
+    """
+    crop = random_crop(image, size, rng).transpose(2, 0, 1).copy()
+    sample = {"image": crop, "clean": crop.copy()}
+    sample.update(targets_for([label], {}))
+    index = _TYPE_INDEX[label]
+    sample["severity"][index] = -1.0
+    known = np.zeros(len(TYPES), np.float32)
+    known[index] = 1.0
+    sample["presence_known"] = known
+    if measurement_names:
+        row = measurement_row(crop.transpose(1, 2, 0), measurement_names)
+        sample["measurements"], sample["clean_measurements"] = row, row.copy()
+    return sample
+
+
 def measurement_row(image: np.ndarray, names: Sequence[str]) -> np.ndarray:
     """The estimators' measurements of an (H, W, 3) float image, as a float32 vector in ``names`` order."""
     from agent.perception.estimators import measure
@@ -218,6 +250,9 @@ class SyntheticStream(torch.utils.data.IterableDataset):
         p_mixed: Probability of a mixture of two or three.
         p_with_clean: Probability that a degraded sample carries its clean crop (SA term, "no" example).
         content_jitter: Scale and photometric variation of the clean crops (:func:`make_sample`).
+        real: Real degraded photos with their dominant degradation (:func:`make_real_sample`).
+        p_real: Probability that a sample is a crop of one of ``real``: a label drawn evenly among those
+            present, then one of its photos (a large set of one label does not crowd out the others).
     """
 
     def __init__(
@@ -231,6 +266,8 @@ class SyntheticStream(torch.utils.data.IterableDataset):
         p_mixed: float = P_MIXED,
         p_with_clean: float = P_WITH_CLEAN,
         content_jitter: float = 0.0,
+        real: Sequence[tuple[np.ndarray, Degradation]] = (),
+        p_real: float = 0.0,
     ) -> None:
         super().__init__()
         if not images:
@@ -240,18 +277,31 @@ class SyntheticStream(torch.utils.data.IterableDataset):
         self.measurement_names = list(measurement_names)
         self.p_clean, self.p_mixed, self.p_with_clean = p_clean, p_mixed, p_with_clean
         self.content_jitter = content_jitter
+        self.real_by_label: dict[Degradation, list[np.ndarray]] = {}
+        for photo, label in real:
+            self.real_by_label.setdefault(label, []).append(photo)
+        self.p_real = p_real if real else 0.0
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         """Yield samples forever."""
         info = torch.utils.data.get_worker_info()
         worker = info.id if info is not None else 0
         rng = np.random.default_rng([self.seed, self.start, worker])
+        names, jitter = self.measurement_names, self.content_jitter
         while True:
+            if self.p_real and rng.random() < self.p_real:
+                label = list(self.real_by_label)[int(rng.integers(len(self.real_by_label)))]
+                photos = self.real_by_label[label]
+                image = photos[int(rng.integers(len(photos)))]
+                sample = make_real_sample(image, label, self.size, rng, measurement_names=names)
+                sample["has_clean"] = np.asarray(0.0, dtype=np.float32)
+                yield sample
+                continue
             image = self.images[int(rng.integers(len(self.images)))]
             labels = draw_labels(rng, self.p_clean, self.p_mixed)
-            names, jitter = self.measurement_names, self.content_jitter
             sample = make_sample(image, labels, self.size, rng, measurement_names=names, content_jitter=jitter)
             sample["has_clean"] = np.asarray(bool(labels) and rng.random() < self.p_with_clean, dtype=np.float32)
+            sample["presence_known"] = np.ones(len(TYPES), np.float32)
             yield sample
 
 
@@ -415,11 +465,15 @@ def assemble_batch(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
     """Turn collated samples into model inputs: degraded rows, then the clean rows that ride along.
 
     Returns:
-        ``images``, ``targets``, ``presence``, ``severity``, optional ``measurements``, and ``sa_rows`` /
-        ``sa_targets`` for :func:`~agent.perception.saclip.saclip_loss`.
+        ``images``, ``targets``, ``presence``, ``severity``, ``presence_known`` (all ones when the samples
+        carry none), optional ``measurements``, and ``sa_rows`` / ``sa_targets`` for
+        :func:`~agent.perception.saclip.saclip_loss`.
     """
     keep = batch["has_clean"] > 0.5
     n, m = len(batch["image"]), int(keep.sum())
+    known = batch.get("presence_known")
+    if known is None:
+        known = torch.ones(n, len(TYPES))
     clean_target = torch.zeros(m, len(CLASSES))
     clean_target[:, 0] = 1.0
     out = {
@@ -427,6 +481,7 @@ def assemble_batch(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
         "targets": torch.cat([batch["target"], clean_target]),
         "presence": torch.cat([batch["presence"], torch.zeros(m, len(TYPES))]),
         "severity": torch.cat([batch["severity"], torch.zeros(m, len(TYPES))]),
+        "presence_known": torch.cat([known, torch.ones(m, len(TYPES))]),
         "sa_rows": torch.arange(n, n + m),
         "sa_targets": batch["target"][keep],
     }
@@ -452,7 +507,14 @@ def training_step(
     batch = {k: v.to(device) for k, v in batch.items()}
     outputs = model(batch["images"], batch.get("measurements"))
     losses = saclip_loss(
-        outputs, batch["targets"], batch["presence"], batch["severity"], batch["sa_rows"], batch["sa_targets"], weights
+        outputs,
+        batch["targets"],
+        batch["presence"],
+        batch["severity"],
+        batch["sa_rows"],
+        batch["sa_targets"],
+        weights,
+        presence_known=batch.get("presence_known"),
     )
     optimizer.zero_grad(set_to_none=True)
     losses["total"].backward()
@@ -928,6 +990,16 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         seconds_before = float(settings.training.get("seconds", 0.0))
 
     train_images, val_images = _load_split(Path(args.shared), args.val_images, args.max_side)
+    real_photos: list[tuple[np.ndarray, Degradation]] = []
+    extra_clean: list[np.ndarray] = []
+    if args.p_real > 0:
+        from agent.perception.real_sets import load_real_training
+
+        real_photos, extra_clean = load_real_training(Path(args.shared), args.max_side)
+        if not real_photos:
+            raise ValueError(f"--p-real {args.p_real:g}: no real training photos under {args.shared}/data")
+        train_images = train_images + extra_clean
+        logger.info("real training part: %d degraded photos, %d clean references", len(real_photos), len(extra_clean))
     names = model_measurement_names(model)
     if settings.use_measurements and step == 0 and not args.init_from:
         _fit_measurement_scaler(model, train_images, settings.image_size, args.seed, names)
@@ -963,6 +1035,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             measurement_names=names,
             p_clean=args.p_clean,
             content_jitter=args.content_jitter,
+            real=real_photos,
+            p_real=args.p_real,
         )
         loader = torch.utils.data.DataLoader(
             stream, batch_size=args.batch_size, num_workers=args.workers, persistent_workers=args.workers > 0
@@ -986,6 +1060,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "validation_photos": len(val_images),
         "data": "calibration split of shared/data/clean (evals.synthesis.clean_split), last photos held out",
     }
+    if args.p_real > 0:
+        record.update(
+            p_real=args.p_real,
+            real_photos=len(real_photos),
+            data=record["data"] + "; plus the training part of the real sets (agent.perception.real_sets): "
+            f"{len(real_photos)} degraded photos labelled with their set's dominant degradation (p_real "
+            f"{args.p_real:g}) and {len(extra_clean)} clean references added to the clean photos",
+        )
     budget = args.time_budget
     if budget:
         record.update(time_budget_s=budget, max_steps=args.steps)
@@ -1192,6 +1274,8 @@ def reproduce_command(settings: Mapping[str, Any], out: str = "agent/perception/
         parts.append(f"--p-clean {record['p_clean']:g}")
     if record.get("content_jitter"):
         parts.append(f"--content-jitter {record['content_jitter']:g}")
+    if record.get("p_real"):
+        parts.append(f"--p-real {record['p_real']:g}")
     if settings.get("half_weights") and not first:  # set once, at the first stage
         parts.append("--half-weights")
     return stage + " ".join(parts)
@@ -1284,6 +1368,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help="vary scale, channel gains, gamma and saturation of the clean crops (1: full; 0: off)",
+    )
+    p.add_argument(
+        "--p-real",
+        type=float,
+        default=0.0,
+        help="share of samples that are crops of the real sets' training part, labelled with the set's dominant "
+        "degradation (agent.perception.real_sets; 0: synthetic only). SOTS' clean references join the clean "
+        "photos",
     )
     p.add_argument(
         "--calibrate-per-class",
