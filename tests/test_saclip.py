@@ -585,13 +585,16 @@ def test_content_jitter_keeps_a_clean_photo_in_range_and_varies_it():
 
 
 @pytest.mark.skipif(not (saclip.DEFAULT_WEIGHTS_DIR / saclip.WEIGHTS_FILE).is_file(), reason="no packaged SA-CLIP")
-@pytest.mark.parametrize("folder", [None, saclip.DEFAULT_WEIGHTS_DIR.with_name("saclip-small")])
+@pytest.mark.parametrize(
+    "folder",
+    [None, saclip.DEFAULT_WEIGHTS_DIR.with_name("saclip-small"), saclip.DEFAULT_WEIGHTS_DIR.with_name("saclip-real")],
+)
 def test_packaged_checkpoints_load_and_recognise_strong_noise(folder):
     from evals.synthesis import synthesize
 
     assessor = saclip.SAClipAssessor(folder)
     assert len(assessor.model.settings.class_bias) == len(CLASSES)
-    # the default takes the estimators' measurements; the GPU-trained SACLIP-small sees pixels only
+    # the default takes the estimators' measurements; SACLIP-small (and its fine-tune on real photos) sees pixels only
     assert assessor.model.settings.use_measurements == (folder is None)
     photo = procedural_image(192, 192, seed=11)
     noisy = synthesize(photo, [Degradation.NOISE], seed=1, severity=1.0).image

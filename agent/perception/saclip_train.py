@@ -1185,7 +1185,7 @@ def write_model_card(folder: Path, evaluation: Mapping[str, Any] | None = None) 
         f"{record.get('seed')}, {record.get('seconds')} s on {_device(record)}"
         + (f" (a {record['time_budget_s']:g} s time budget)." if record.get("time_budget_s") else "."),
         *_first_stage_line(record),
-        f"- Reproduce: `{reproduce_command(settings)}`.",
+        f"- Reproduce: `{reproduce_command(settings, _card_path(folder))}`.",
         "",
         "## Validation (held-out calibration photos, synthetic)",
         "",
@@ -1218,6 +1218,15 @@ def write_model_card(folder: Path, evaluation: Mapping[str, Any] | None = None) 
     path = folder / "MODEL_CARD.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _card_path(folder: Path) -> str:
+    """How a card names its own folder: relative to the repository when inside it, else as given."""
+    repository = Path(__file__).resolve().parents[2]
+    try:
+        return Path(folder).resolve().relative_to(repository).as_posix()
+    except ValueError:
+        return str(folder)
 
 
 def _first_stage_line(record: Mapping[str, Any]) -> list[str]:
