@@ -57,7 +57,7 @@ def part_of(set_name: str, relative_path: str) -> str:
     if set_name == "PolyU":
         camera = Path(relative_path).name.split("_", 1)[0]
         return TRAIN if camera in POLYU_TRAIN_CAMERAS else HELD_OUT
-    stem = str(Path(relative_path).with_suffix("").as_posix())
+    stem = Path(relative_path).with_suffix("").as_posix()
     return TRAIN if zlib.crc32(stem.encode("utf-8")) % 2 == 0 else HELD_OUT
 
 
@@ -132,7 +132,7 @@ def load_real_training(
         if not entries:
             continue
         labelled += [(img, label) for _, img in load_clean_images([e.lq for e in entries], crop=max_side, seed=None)]
-        references = [e.gt for e in entries if getattr(e, "gt", None) is not None]
-        if name in CLEAN_REFERENCES and references:
+        references = [e.gt for e in entries if e.gt is not None] if name in CLEAN_REFERENCES else []
+        if references:
             clean += [img for _, img in load_clean_images(references, crop=max_side, seed=None)]
     return labelled, clean

@@ -476,11 +476,9 @@ def saclip_loss(
     sa = zero
     if sa_rows is not None and sa_targets is not None and len(sa_rows):
         sa = semantic_agnostic_loss(probabilities[sa_rows], sa_targets)
-    if presence_known is None:
-        bce = functional.binary_cross_entropy_with_logits(outputs["presence_logits"], presence)
-    else:
-        per_entry = functional.binary_cross_entropy_with_logits(outputs["presence_logits"], presence, reduction="none")
-        bce = (per_entry * presence_known).sum() / presence_known.sum().clamp(min=1.0)
+    known = torch.ones_like(presence) if presence_known is None else presence_known
+    per_entry = functional.binary_cross_entropy_with_logits(outputs["presence_logits"], presence, reduction="none")
+    bce = (per_entry * known).sum() / known.sum().clamp(min=1.0)
     mask = (presence > 0.5) & (severity >= 0)
     sev = (outputs["severity"] - severity).abs()[mask].mean() if bool(mask.any()) else zero
     total = (

@@ -277,9 +277,10 @@ class SyntheticStream(torch.utils.data.IterableDataset):
         self.measurement_names = list(measurement_names)
         self.p_clean, self.p_mixed, self.p_with_clean = p_clean, p_mixed, p_with_clean
         self.content_jitter = content_jitter
-        self.real_by_label: dict[Degradation, list[np.ndarray]] = {}
+        by_label: dict[Degradation, list[np.ndarray]] = {}
         for photo, label in real:
-            self.real_by_label.setdefault(label, []).append(photo)
+            by_label.setdefault(label, []).append(photo)
+        self.real_by_label = list(by_label.items())
         self.p_real = p_real if real else 0.0
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
@@ -290,8 +291,7 @@ class SyntheticStream(torch.utils.data.IterableDataset):
         names, jitter = self.measurement_names, self.content_jitter
         while True:
             if self.p_real and rng.random() < self.p_real:
-                label = list(self.real_by_label)[int(rng.integers(len(self.real_by_label)))]
-                photos = self.real_by_label[label]
+                label, photos = self.real_by_label[int(rng.integers(len(self.real_by_label)))]
                 image = photos[int(rng.integers(len(photos)))]
                 sample = make_real_sample(image, label, self.size, rng, measurement_names=names)
                 sample["has_clean"] = np.asarray(0.0, dtype=np.float32)
