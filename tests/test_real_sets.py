@@ -156,3 +156,38 @@ def test_training_with_real_photos_records_them(tmp_path):
     args[args.index(str(shared))], args[args.index(str(out))] = str(bare), str(tmp_path / "other")
     with pytest.raises(ValueError, match="no real training photos"):
         saclip_train.main(args)
+
+
+def test_extra_clean_photos_are_trained_on_recorded_and_never_evaluated(tmp_path):
+    from agent.perception import saclip_train
+    from agent.perception.evaluate import synthetic_sets, trained_photo_names
+    from agent.perception.saclip import SAClipAssessor
+
+    shared = fake_shared(tmp_path / "shared", size=(72, 72))
+    live1 = shared / "data" / "clean" / "LIVE1_color"
+    out = tmp_path / "model"
+    args = ["--backend", "SACLIP-small", "--out", str(out), "--steps", "2", "--shared", str(shared)]
+    args += ["--batch-size", "4", "--val-images", "1", "--val-per-class", "1", "--val-mixed", "2"]
+    args += ["--calibrate-per-class", "0", "--max-side", "72", "--warmup", "1", "--threads", "1"]
+    assert saclip_train.main([*args, "--extra-clean", str(live1)]) == 0
+    record = json.loads((out / saclip.SETTINGS_FILE).read_text())["training"]
+    assert record["train_photos"] == 3 + 1 and record["extra_clean"] == ["LIVE1_color/img_000"]
+    assert record["extra_clean_sources"] == ["../shared/data/clean/LIVE1_color"]
+    assert "--extra-clean ../shared/data/clean/LIVE1_color" in (out / "MODEL_CARD.md").read_text()
+
+    # a checkpoint fine-tuned from it inherits what it must not be scored on
+    tuned = tmp_path / "tuned"
+    args[args.index(str(out))] = str(tuned)
+    assert saclip_train.main([*args, "--init-from", str(out)]) == 0
+    trained = trained_photo_names(SAClipAssessor(tuned, with_parameters=False))
+    assert trained == {"LIVE1_color/img_000"}
+    single, mixed = synthetic_sets(shared, per_class=2, mixtures=2, seed=0, size=32, exclude=trained)
+    sources = {s["source"] for s in single + mixed}
+    assert sources and "LIVE1_color/img_000" not in sources
+    single, _ = synthetic_sets(shared, per_class=2, mixtures=0, seed=0, size=32, collections=["McMaster"])
+    assert {s["source"] for s in single} == {"McMaster/img_000"}
+    with pytest.raises(FileNotFoundError, match="no evaluation images"):
+        synthetic_sets(shared, 1, 0, 0, size=32, collections=["LIVE1_color"], exclude=trained)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no images found"):
+        saclip_train.main([*args, "--extra-clean", str(tmp_path / "empty")])

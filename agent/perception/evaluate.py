@@ -15,6 +15,8 @@ dominant degradation is known (DICM: low light, PolyU: noise, Rain100L: rain, SO
 sets: colour cast), the share of images whose dominant degradation is that label. The real sets are scored
 on their held-out part (:mod:`agent.perception.real_sets`: SA-CLIP training may read the other part; at
 most ``--real-limit`` images per set, evenly spaced). Also the assessor's mean time per image.
+``--collections`` scores the photos of some evaluation collections only; photos a SA-CLIP checkpoint
+trained on (``saclip_train --extra-clean``) are always left out.
 
 The dominant degradation is SA-CLIP's softmax winner when the assessor provides one, else the most
 probable type at or above probability 0.5 ("no" when none is).
@@ -39,6 +41,9 @@ from agent.perception.real_sets import HELD_OUT, TRAIN, load_real_sets
 logger = logging.getLogger(__name__)
 
 DEFAULT_SHARED = Path(__file__).resolve().parents[3] / "shared"
+
+#: The clean collections of the evaluation split (:func:`evals.synthesis.clean_split`).
+EVALUATION_COLLECTIONS = ("LIVE1_color", "McMaster", "Set14")
 
 #: Severity bands of the single-degradation crops for the per-band accuracy (the synthesis draws severity in [0, 1]).
 SEVERITY_BANDS = ((0.0, 1 / 3), (1 / 3, 2 / 3), (2 / 3, 1.0 + 1e-9))
@@ -67,15 +72,52 @@ def _crops(images: Sequence[tuple[str, np.ndarray]], count: int, size: int, rng:
     return out
 
 
+def trained_photo_names(assessor: Any) -> set[str]:
+    """Clean photos (``"<folder>/<stem>"``) a SA-CLIP assessor's checkpoint trained on beyond the calibration split.
+
+    These are its ``--extra-clean`` photos, and those of every checkpoint it was fine-tuned from.
+    """
+    model = getattr(assessor, "model", None)
+    record = getattr(getattr(model, "settings", None), "training", None)
+    names: set[str] = set()
+    while isinstance(record, dict):
+        names.update(record.get("extra_clean", []))
+        record = record.get("init_record")
+    return names
+
+
 def synthetic_sets(
-    shared: Path, per_class: int, mixtures: int, seed: int, size: int = 256
+    shared: Path,
+    per_class: int,
+    mixtures: int,
+    seed: int,
+    size: int = 256,
+    collections: Sequence[str] | None = None,
+    exclude: set[str] | frozenset[str] = frozenset(),
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Single-degradation (and clean) samples and mixture samples from the evaluation split."""
+    """Single-degradation (and clean) samples and mixture samples from the evaluation split.
+
+    Args:
+        shared: The shared folder holding ``data/clean``.
+        per_class: Single-degradation crops per class (clean included).
+        mixtures: Crops carrying two or three degradations.
+        seed: Seeds the crops and the degradations.
+        size: Side of the square crops.
+        collections: Only photos of these evaluation collections (folder names, e.g. ``"McMaster"``).
+        exclude: Photos (``"<folder>/<stem>"``) never to use, such as those an assessor trained on.
+
+    Raises:
+        FileNotFoundError: when no evaluation photo is left.
+    """
     from evals.synthesis import clean_split, load_clean_images
 
-    images = load_clean_images(clean_split(shared)["evaluation"], crop=None)
+    files = clean_split(shared)["evaluation"]
+    if collections is not None:
+        files = [path for path in files if path.parent.name in collections]
+    files = [path for path in files if f"{path.parent.name}/{path.stem}" not in exclude]
+    images = load_clean_images(files, crop=None) if files else []
     if not images:
-        raise FileNotFoundError(f"no evaluation images under {shared}/data/clean")
+        raise FileNotFoundError(f"no evaluation images under {shared}/data/clean (collections {collections})")
     return synthetic_samples(images, per_class, mixtures, seed, size)
 
 
@@ -293,6 +335,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=HELD_OUT,
         help="which part of the real sets to score (agent.perception.real_sets; default: the held-out part)",
     )
+    parser.add_argument(
+        "--collections",
+        nargs="+",
+        choices=EVALUATION_COLLECTIONS,
+        default=None,
+        help="score only the photos of these evaluation collections (default: all of them)",
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=None, help="write the full result (confusion matrix...) as JSON")
     parser.add_argument(
@@ -310,11 +359,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.write_card and folder is None:
         print("error: --write-card needs a SA-CLIP assessor (saclip or saclip:<folder>)", file=sys.stderr)
         return 2
-    single, mixed = synthetic_sets(args.shared, args.per_class, args.mixtures, args.seed)
+    trained = trained_photo_names(assessor)
+    if trained:
+        print(f"leaving out {len(trained)} evaluation photos the checkpoint trained on (--extra-clean)")
+    single, mixed = synthetic_sets(
+        args.shared, args.per_class, args.mixtures, args.seed, collections=args.collections, exclude=trained
+    )
     part = None if args.real_part == "all" else args.real_part
     real = load_real_sets(args.shared, args.real_limit, part=part) if args.real_limit > 0 else {}
     result = evaluate_assessor(assessor, single, mixed, real)
     result["settings"] = {k: str(v) for k, v in vars(args).items()}
+    result["left_out_photos"] = sorted(trained)
     print(format_result(result))
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=1))

@@ -17,6 +17,10 @@ each labelled with its set's dominant degradation and nothing else (the other ty
 severity are unknown and do not count in the loss). SOTS' clean references (indoor scenes) join the
 clean photos, which widens the content beyond BSD100's 90 photos.
 
+``--extra-clean PATH ...`` adds clean photos (files or folders) of other collections to the training
+photos, e.g. one evaluation collection to measure what a second collection of content buys on the
+others. The checkpoint records their names and :mod:`agent.perception.evaluate` never scores them.
+
 Measuring a crop with the estimators (needed when the model takes them, ``--measurements``) costs ten
 times its synthesis, so ``--cache N`` synthesises and measures N samples once, in parallel (``--workers``),
 in resumable chunks under ``~/.cache/restora`` (``--cache-dir``), and training draws batches from them
@@ -944,6 +948,30 @@ def _load_split(shared: Path, val_images: int, max_side: int) -> tuple[list[np.n
     return images[:-val_images] if val_images else images, images[-val_images:] if val_images else []
 
 
+def load_extra_clean(paths: Sequence[str | Path], max_side: int) -> list[tuple[str, np.ndarray]]:
+    """The ``--extra-clean`` photos as ``(name, image)``, named ``"<folder>/<stem>"`` as the evaluation names them.
+
+    Raises:
+        FileNotFoundError: when a path does not exist or a folder holds no images.
+    """
+    from evals.synthesis import load_clean_images
+
+    if not paths:
+        return []
+    named = load_clean_images(list(paths), crop=max_side, seed=None)
+    if not named:
+        raise FileNotFoundError(f"--extra-clean {' '.join(map(str, paths))}: no images found")
+    return named
+
+
+def _shared_relative(path: str | Path, shared: Path) -> str:
+    """``path`` as ``../shared/<relative>`` when it lies in the shared folder (how commands name it), else as given."""
+    try:
+        return "../shared/" + Path(path).resolve().relative_to(shared.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def train(args: argparse.Namespace) -> dict[str, Any]:
     """Run the training described by the parsed command-line ``args``; returns the last validation metrics."""
     from tqdm import tqdm
@@ -1000,6 +1028,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError(f"--p-real {args.p_real:g}: no real training photos under {args.shared}/data")
         train_images = train_images + extra_clean
         logger.info("real training part: %d degraded photos, %d clean references", len(real_photos), len(extra_clean))
+    extra_named = load_extra_clean(args.extra_clean, args.max_side)
+    train_images = train_images + [image for _, image in extra_named]
     names = model_measurement_names(model)
     if settings.use_measurements and step == 0 and not args.init_from:
         _fit_measurement_scaler(model, train_images, settings.image_size, args.seed, names)
@@ -1067,6 +1097,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             data=record["data"] + "; plus the training part of the real sets (agent.perception.real_sets): "
             f"{len(real_photos)} degraded photos labelled with their set's dominant degradation (p_real "
             f"{args.p_real:g}) and {len(extra_clean)} clean references added to the clean photos",
+        )
+    if extra_named:
+        record.update(
+            extra_clean=sorted(name for name, _ in extra_named),
+            extra_clean_sources=[_shared_relative(path, Path(args.shared)) for path in args.extra_clean],
+            data=record["data"] + f"; plus {len(extra_named)} clean photos given with --extra-clean",
         )
     budget = args.time_budget
     if budget:
@@ -1285,6 +1321,8 @@ def reproduce_command(settings: Mapping[str, Any], out: str = "agent/perception/
         parts.append(f"--content-jitter {record['content_jitter']:g}")
     if record.get("p_real"):
         parts.append(f"--p-real {record['p_real']:g}")
+    if record.get("extra_clean_sources"):
+        parts.append("--extra-clean " + " ".join(record["extra_clean_sources"]))
     if settings.get("half_weights") and not first:  # set once, at the first stage
         parts.append("--half-weights")
     return stage + " ".join(parts)
@@ -1385,6 +1423,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of samples that are crops of the real sets' training part, labelled with the set's dominant "
         "degradation (agent.perception.real_sets; 0: synthetic only). SOTS' clean references join the clean "
         "photos",
+    )
+    p.add_argument(
+        "--extra-clean",
+        nargs="+",
+        default=[],
+        metavar="PATH",
+        help="more clean photos (files or folders) to train on; the checkpoint records their names and the "
+        "assessor evaluation leaves them out",
     )
     p.add_argument(
         "--calibrate-per-class",
