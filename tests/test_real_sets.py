@@ -175,6 +175,10 @@ def test_extra_clean_photos_are_trained_on_recorded_and_never_evaluated(tmp_path
     assert record["extra_clean_sources"] == ["../shared/data/clean/LIVE1_color"]
     assert "--extra-clean ../shared/data/clean/LIVE1_color" in (out / "MODEL_CARD.md").read_text()
 
+    # resumed without the option, the record still names the photos the weights saw
+    assert saclip_train.main([*args, "--resume", "--steps", "3"]) == 0
+    resumed = json.loads((out / saclip.SETTINGS_FILE).read_text())["training"]
+    assert resumed["steps"] == 3 and resumed["extra_clean"] == ["LIVE1_color/img_000"]
     # a checkpoint fine-tuned from it inherits what it must not be scored on
     tuned = tmp_path / "tuned"
     args[args.index(str(out))] = str(tuned)

@@ -983,12 +983,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     state_path = out / TRAIN_STATE_FILE
     init_record: dict[str, Any] | None = None  # the training record of an --init-from checkpoint
+    trained_extra: dict[str, list[str]] = {}  # --extra-clean names and sources of the run a --resume continues
     init_from = str(args.init_from) if args.init_from else None
     if args.resume and state_path.is_file():
         model = saclip.load_checkpoint(out, device=device)
         model.settings.class_bias, model.settings.presence_bias = [], []  # refitted after training
         init_record = model.settings.training.get("init_record")
         init_from = init_from or model.settings.training.get("init_from")
+        trained_extra = {k: list(model.settings.training.get(k, [])) for k in ("extra_clean", "extra_clean_sources")}
         state = torch.load(state_path, map_location=device, weights_only=False)
         logger.info("resuming %s at step %d", out, state["step"])
     else:
@@ -1098,11 +1100,13 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             f"{len(real_photos)} degraded photos labelled with their set's dominant degradation (p_real "
             f"{args.p_real:g}) and {len(extra_clean)} clean references added to the clean photos",
         )
-    if extra_named:
+    if extra_named or trained_extra.get("extra_clean"):  # a resumed run keeps the photos its weights saw
+        sources = [_shared_relative(path, Path(args.shared)) for path in args.extra_clean]
+        extra_names = sorted({*trained_extra.get("extra_clean", []), *(name for name, _ in extra_named)})
         record.update(
-            extra_clean=sorted(name for name, _ in extra_named),
-            extra_clean_sources=[_shared_relative(path, Path(args.shared)) for path in args.extra_clean],
-            data=record["data"] + f"; plus {len(extra_named)} clean photos given with --extra-clean",
+            extra_clean=extra_names,
+            extra_clean_sources=list(dict.fromkeys([*trained_extra.get("extra_clean_sources", []), *sources])),
+            data=record["data"] + f"; plus {len(extra_names)} clean photos given with --extra-clean",
         )
     budget = args.time_budget
     if budget:
