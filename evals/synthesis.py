@@ -800,6 +800,12 @@ def _image_files(paths: Path | str | Sequence[Path | str]) -> list[Path]:
     return files
 
 
+def photo_name(path: Path | str) -> str:
+    """How a clean photo is named in samples and records: ``"<folder>/<file stem>"``."""
+    path = Path(path)
+    return f"{path.parent.name}/{path.stem}"
+
+
 def load_clean_images(
     folder_or_folders: Path | str | Sequence[Path | str],
     limit: int | None = None,
@@ -824,7 +830,7 @@ def load_clean_images(
         files = files[:limit]
     images = []
     for path in files:
-        name = f"{path.parent.name}/{path.stem}"
+        name = photo_name(path)
         with Image.open(path) as handle:
             image = np.asarray(handle.convert("RGB"), dtype=np.float32) / 255.0
         if crop is not None:

@@ -109,12 +109,12 @@ def synthetic_sets(
     Raises:
         FileNotFoundError: when no evaluation photo is left.
     """
-    from evals.synthesis import clean_split, load_clean_images
+    from evals.synthesis import clean_split, load_clean_images, photo_name
 
     files = clean_split(shared)["evaluation"]
     if collections is not None:
         files = [path for path in files if path.parent.name in collections]
-    files = [path for path in files if f"{path.parent.name}/{path.stem}" not in exclude]
+    files = [path for path in files if photo_name(path) not in exclude]
     images = load_clean_images(files, crop=None) if files else []
     if not images:
         raise FileNotFoundError(f"no evaluation images under {shared}/data/clean (collections {collections})")

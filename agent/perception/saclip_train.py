@@ -964,10 +964,10 @@ def load_extra_clean(paths: Sequence[str | Path], max_side: int) -> list[tuple[s
     return named
 
 
-def _shared_relative(path: str | Path, shared: Path) -> str:
-    """``path`` as ``../shared/<relative>`` when it lies in the shared folder (how commands name it), else as given."""
+def _relative_or_given(path: str | Path, base: Path, prefix: str = "") -> str:
+    """``path`` as ``prefix + <path relative to base>`` when it lies inside ``base``, else as given."""
     try:
-        return "../shared/" + Path(path).resolve().relative_to(shared.resolve()).as_posix()
+        return prefix + Path(path).resolve().relative_to(base.resolve()).as_posix()
     except ValueError:
         return str(path)
 
@@ -1101,7 +1101,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             f"{args.p_real:g}) and {len(extra_clean)} clean references added to the clean photos",
         )
     if extra_named or trained_extra.get("extra_clean"):  # a resumed run keeps the photos its weights saw
-        sources = [_shared_relative(path, Path(args.shared)) for path in args.extra_clean]
+        # named as commands name the shared folder
+        sources = [_relative_or_given(path, Path(args.shared), "../shared/") for path in args.extra_clean]
         extra_names = sorted({*trained_extra.get("extra_clean", []), *(name for name, _ in extra_named)})
         record.update(
             extra_clean=extra_names,
@@ -1262,11 +1263,7 @@ def write_model_card(folder: Path, evaluation: Mapping[str, Any] | None = None) 
 
 def _card_path(folder: Path) -> str:
     """How a card names its own folder: relative to the repository when inside it, else as given."""
-    repository = Path(__file__).resolve().parents[2]
-    try:
-        return Path(folder).resolve().relative_to(repository).as_posix()
-    except ValueError:
-        return str(folder)
+    return _relative_or_given(folder, Path(__file__).resolve().parents[2])
 
 
 def _first_stage_line(record: Mapping[str, Any]) -> list[str]:
