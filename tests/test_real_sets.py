@@ -160,7 +160,7 @@ def test_training_with_real_photos_records_them(tmp_path):
 
 def test_extra_clean_photos_are_trained_on_recorded_and_never_evaluated(tmp_path):
     from agent.perception import saclip_train
-    from agent.perception.evaluate import synthetic_sets, trained_photo_names
+    from agent.perception.evaluate import checkpoint_photo_names, synthetic_sets, trained_photo_names
     from agent.perception.saclip import SAClipAssessor
 
     shared = fake_shared(tmp_path / "shared", size=(72, 72))
@@ -185,6 +185,9 @@ def test_extra_clean_photos_are_trained_on_recorded_and_never_evaluated(tmp_path
     assert saclip_train.main([*args, "--init-from", str(out)]) == 0
     trained = trained_photo_names(SAClipAssessor(tuned, with_parameters=False))
     assert trained == {"LIVE1_color/img_000"}
+    assert checkpoint_photo_names(tuned) == trained and checkpoint_photo_names(tmp_path / "model") == trained
+    with pytest.raises(FileNotFoundError, match="not a SA-CLIP checkpoint"):
+        checkpoint_photo_names(live1)
     single, mixed = synthetic_sets(shared, per_class=2, mixtures=2, seed=0, size=32, exclude=trained)
     sources = {s["source"] for s in single + mixed}
     assert sources and "LIVE1_color/img_000" not in sources

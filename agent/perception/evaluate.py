@@ -16,7 +16,8 @@ sets: colour cast), the share of images whose dominant degradation is that label
 on their held-out part (:mod:`agent.perception.real_sets`: SA-CLIP training may read the other part; at
 most ``--real-limit`` images per set, evenly spaced). Also the assessor's mean time per image.
 ``--collections`` scores the photos of some evaluation collections only; photos a SA-CLIP checkpoint
-trained on (``saclip_train --extra-clean``) are always left out.
+trained on (``saclip_train --extra-clean``) are always left out, and ``--leave-out-trained-by CHECKPOINT``
+leaves out those of other checkpoints too, so that several models are scored on the same crops.
 
 The dominant degradation is SA-CLIP's softmax winner when the assessor provides one, else the most
 probable type at or above probability 0.5 ("no" when none is).
@@ -78,7 +79,25 @@ def trained_photo_names(assessor: Any) -> set[str]:
     These are its ``--extra-clean`` photos, and those of every checkpoint it was fine-tuned from.
     """
     model = getattr(assessor, "model", None)
-    record = getattr(getattr(model, "settings", None), "training", None)
+    return record_photo_names(getattr(getattr(model, "settings", None), "training", None))
+
+
+def checkpoint_photo_names(folder: Path) -> set[str]:
+    """:func:`trained_photo_names` of the SA-CLIP checkpoint in ``folder``, read from its settings file alone.
+
+    Raises:
+        FileNotFoundError: when ``folder`` holds no SA-CLIP settings file.
+    """
+    from agent.perception.saclip import SETTINGS_FILE
+
+    path = Path(folder) / SETTINGS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: not a SA-CLIP checkpoint folder")
+    return record_photo_names(json.loads(path.read_text()).get("training"))
+
+
+def record_photo_names(record: Any) -> set[str]:
+    """The ``extra_clean`` photo names of a training record and of the records it was fine-tuned from."""
     names: set[str] = set()
     while isinstance(record, dict):
         names.update(record.get("extra_clean", []))
@@ -342,6 +361,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="score only the photos of these evaluation collections (default: all of them)",
     )
+    parser.add_argument(
+        "--leave-out-trained-by",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="CHECKPOINT",
+        help="also leave out the photos these SA-CLIP checkpoints trained on (--extra-clean), so that models "
+        "are compared on the same crops",
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=None, help="write the full result (confusion matrix...) as JSON")
     parser.add_argument(
@@ -360,8 +388,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: --write-card needs a SA-CLIP assessor (saclip or saclip:<folder>)", file=sys.stderr)
         return 2
     trained = trained_photo_names(assessor)
+    for other in args.leave_out_trained_by:
+        trained |= checkpoint_photo_names(other)
     if trained:
-        print(f"leaving out {len(trained)} evaluation photos the checkpoint trained on (--extra-clean)")
+        print(f"leaving out {len(trained)} evaluation photos that were trained on (--extra-clean)")
     single, mixed = synthetic_sets(
         args.shared, args.per_class, args.mixtures, args.seed, collections=args.collections, exclude=trained
     )
