@@ -537,16 +537,47 @@ def test_hybrid_weights_per_type_and_fitted_from_the_checkpoint(tiny_model):
 
 def test_restored_samples_take_the_agents_first_step_and_drop_its_label():
     from agent.perception.assessor import EstimatorAssessor
-    from agent.perception.saclip_train import restored_samples
+    from agent.perception.saclip_train import FirstStep, restored_samples
     from evals.synthesis import synthesize
-    from policies.schema import load_policy
 
     photo = procedural_image(64, 64, seed=6)
     degraded = synthesize(photo, [Degradation.NOISE, Degradation.JPEG], seed=2, severity=0.8).image
     mixture = {"image": degraded, "labels": ["noise", "jpeg"]}
-    [restored] = restored_samples([mixture], load_policy("default"), [EstimatorAssessor().assess(degraded)])
+    [restored] = restored_samples([mixture], FirstStep(), [EstimatorAssessor().assess(degraded)])
     assert restored["labels"] == ["noise"]  # MAIR's order undoes JPEG first
     assert restored["image"].shape == degraded.shape and not np.allclose(restored["image"], degraded)
+
+
+def test_restored_training_samples_are_labelled_with_what_the_first_step_left():
+    from agent.perception.saclip_train import FirstStep, SyntheticStream, make_restored_sample
+
+    photo = procedural_image(96, 96, seed=8)
+    calls = []
+
+    def fake_step(image, labels, report=None):  # records what it was given; "removes" the first label
+        calls.append(list(labels))
+        return labels[0], np.clip(image * 0.5, 0, 1).astype(np.float32)
+
+    sample = make_restored_sample(photo, 32, np.random.default_rng(3), fake_step)
+    [labels] = calls
+    assert 2 <= len(labels) <= 3
+    left = labels[1:]
+    assert sample["image"].shape == sample["clean"].shape == (3, 32, 32)
+    present = [TYPES[i] for i in np.flatnonzero(sample["presence"])]
+    assert sorted(present) == sorted(left)
+    assert sample["target"][CLASSES.index(labels[0].value)] == 0.0
+    assert np.isclose(sample["target"].sum(), 1.0)
+
+    assert make_restored_sample(photo, 32, np.random.default_rng(3), lambda image, labels: (labels[0], None)) is None
+
+    # the real first step: the policy's earliest type is undone by its first tool, with the crop's size kept
+    step = FirstStep()
+    first, restored = step(photo, [Degradation.HAZE, Degradation.NOISE])
+    assert first == Degradation.NOISE and restored is not None and restored.shape == photo.shape
+
+    stream = SyntheticStream([photo], 32, seed=1, p_restored=1.0)
+    drawn = next(iter(stream))
+    assert drawn["has_clean"] == 0.0 and drawn["presence"].sum() >= 1  # a mixture with one type undone
 
 
 def test_fit_hybrid_weights_picks_the_better_detector_per_type():

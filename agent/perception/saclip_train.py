@@ -17,6 +17,10 @@ each labelled with its set's dominant degradation and nothing else (the other ty
 severity are unknown and do not count in the loss). SOTS' clean references (indoor scenes) join the
 clean photos, which widens the content beyond BSD100's 90 photos.
 
+With ``--p-restored P`` a share P are mixtures after the agent's first restoring step
+(:class:`FirstStep`), labelled with the types left: the images the verifier judges, on which an
+assessor trained only on unrestored crops may read a type left (haze, after a sharpening step) as new.
+
 ``--extra-clean PATH ...`` adds clean photos (files or folders) of other collections to the training
 photos, e.g. one evaluation collection to measure what a second collection of content buys on the
 others. The checkpoint records their names and :mod:`agent.perception.evaluate` never scores them.
@@ -232,6 +236,83 @@ def make_real_sample(
     return sample
 
 
+class FirstStep:
+    """The agent's first restoring step on a degraded image, as :func:`restored_samples` and the stream take it.
+
+    The type undone first is the earliest of the image's types in the policy's order prior; its first
+    candidate tool runs with the parameters the estimator assessor's report suggests (the agent's tools take
+    their parameters from the estimators). Tools and weights load on first use, once per process.
+    """
+
+    def __init__(self, policy: str = "default") -> None:
+        from policies.schema import load_policy
+
+        self.policy = load_policy(policy)
+        self._registry: Any = None
+        self._estimators: Any = None
+
+    def __call__(
+        self, image: np.ndarray, labels: Sequence[Degradation], report: Any = None
+    ) -> tuple[Degradation, np.ndarray | None]:
+        """``(type undone, restored image)``; the image is ``None`` when no tool applies, fails or resizes it."""
+        from agent.perception.assessor import EstimatorAssessor
+        from agent.planning.rule_planner import expand_candidates
+        from tools import default_registry
+        from tools.base import ToolError
+
+        if self._registry is None:
+            self._registry, self._estimators = default_registry(), EstimatorAssessor()
+        first = min(labels, key=self.policy.order_prior.index)
+        if report is None:
+            report = self._estimators.assess(image)
+        attempts = expand_candidates(self.policy, self._registry, first, report)
+        if not attempts:
+            return first, None
+        try:
+            restored = self._registry.get(attempts[0]["tool"])(image, attempts[0]["params"]).image
+        except (ToolError, ValueError) as error:
+            logger.info("no restored sample: %s", error)
+            return first, None
+        if restored.shape != image.shape:
+            return first, None
+        return first, np.clip(restored, 0.0, 1.0).astype(np.float32)
+
+
+def make_restored_sample(
+    clean_image: np.ndarray,
+    size: int,
+    rng: np.random.Generator,
+    first_step: FirstStep,
+    margin: int = 16,
+    measurement_names: Sequence[str] = (),
+) -> dict[str, np.ndarray] | None:
+    """A mixture after the agent's first step, labelled with the degradations left: what the verifier judges.
+
+    A crop carrying two or three degradations (:func:`draw_labels`) goes through ``first_step`` and is
+    labelled with the other types and their synthesis severities. An assessor that sees only unrestored
+    crops may read a type left on a restored image differently (haze, once a deblurring or upscaling step
+    has sharpened the crop), and the verifier then holds that against a good step. ``None`` when the step
+    does not apply.
+    """
+    from evals.synthesis import synthesize
+
+    labels = draw_labels(rng, 0.0, 1.0)
+    big = random_crop(clean_image, size + 2 * margin, rng)
+    result = synthesize(big, labels, seed=int(rng.integers(2**31)))
+    first, restored = first_step(result.image, labels)
+    if restored is None:
+        return None
+    severities = {d: float(p.get("severity", 0.5)) for d, p in result.applied}
+    cut = (slice(margin, margin + size), slice(margin, margin + size))
+    image, clean = restored[cut], big[cut]
+    sample = {"image": image.transpose(2, 0, 1).copy(), "clean": clean.transpose(2, 0, 1).copy()}
+    sample.update(targets_for([d for d in labels if d != first], severities))
+    if measurement_names:
+        sample["measurements"] = measurement_row(image, measurement_names)
+        sample["clean_measurements"] = measurement_row(clean, measurement_names)
+    return sample
+
+
 def measurement_row(image: np.ndarray, names: Sequence[str]) -> np.ndarray:
     """The estimators' measurements of an (H, W, 3) float image, as a float32 vector in ``names`` order."""
     from agent.perception.estimators import measure
@@ -257,6 +338,8 @@ class SyntheticStream(torch.utils.data.IterableDataset):
         real: Real degraded photos with their dominant degradation (:func:`make_real_sample`).
         p_real: Probability that a sample is a crop of one of ``real``: a label drawn evenly among those
             present, then one of its photos (a large set of one label does not crowd out the others).
+        p_restored: Probability that a sample is a mixture after the agent's first step
+            (:func:`make_restored_sample`, with the default policy).
     """
 
     def __init__(
@@ -272,6 +355,7 @@ class SyntheticStream(torch.utils.data.IterableDataset):
         content_jitter: float = 0.0,
         real: Sequence[tuple[np.ndarray, Degradation]] = (),
         p_real: float = 0.0,
+        p_restored: float = 0.0,
     ) -> None:
         super().__init__()
         if not images:
@@ -286,6 +370,7 @@ class SyntheticStream(torch.utils.data.IterableDataset):
             by_label.setdefault(label, []).append(photo)
         self.real_by_label = list(by_label.items())
         self.p_real = p_real if real else 0.0
+        self.p_restored = p_restored
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         """Yield samples forever."""
@@ -293,6 +378,7 @@ class SyntheticStream(torch.utils.data.IterableDataset):
         worker = info.id if info is not None else 0
         rng = np.random.default_rng([self.seed, self.start, worker])
         names, jitter = self.measurement_names, self.content_jitter
+        first_step: FirstStep | None = None
         while True:
             if self.p_real and rng.random() < self.p_real:
                 label, photos = self.real_by_label[int(rng.integers(len(self.real_by_label)))]
@@ -302,6 +388,14 @@ class SyntheticStream(torch.utils.data.IterableDataset):
                 yield sample
                 continue
             image = self.images[int(rng.integers(len(self.images)))]
+            if self.p_restored and rng.random() < self.p_restored:
+                first_step = first_step or FirstStep()
+                restored = make_restored_sample(image, self.size, rng, first_step, measurement_names=names)
+                if restored is not None:
+                    restored["has_clean"] = np.asarray(0.0, dtype=np.float32)
+                    restored["presence_known"] = np.ones(len(TYPES), np.float32)
+                    yield restored
+                    continue
             labels = draw_labels(rng, self.p_clean, self.p_mixed)
             sample = make_sample(image, labels, self.size, rng, measurement_names=names, content_jitter=jitter)
             sample["has_clean"] = np.asarray(bool(labels) and rng.random() < self.p_with_clean, dtype=np.float32)
@@ -852,30 +946,18 @@ def fit_hybrid_weights(
 
 
 def restored_samples(
-    mixtures: Sequence[Mapping[str, Any]], policy: Any, reports: Sequence[Any]
+    mixtures: Sequence[Mapping[str, Any]], first_step: FirstStep, reports: Sequence[Any]
 ) -> list[dict[str, Any]]:
-    """Each mixture after the step the agent would take first, labelled with the degradations left.
+    """Each mixture after the step the agent would take first (``first_step``), labelled with the degradations left.
 
-    The type undone first is the earliest of the mixture's types in the policy's order; its first candidate
-    tool runs with the parameters it suggests from the mixture's report in ``reports`` (one per mixture, as
-    the agent's perception would give). Mixtures whose tool fails are skipped.
+    The step takes its parameters from the mixture's report in ``reports`` (one per mixture, as the agent's
+    perception would give). Mixtures whose step does not apply are skipped.
     """
-    from agent.planning.rule_planner import expand_candidates
-    from tools import default_registry
-    from tools.base import ToolError
-
-    registry = default_registry()
     out = []
     for sample, report in zip(mixtures, reports, strict=True):
         labels = [Degradation(name) for name in sample["labels"]]
-        first = min(labels, key=policy.order_prior.index)
-        attempts = expand_candidates(policy, registry, first, report)
-        if not attempts:
-            continue
-        try:
-            restored = registry.get(attempts[0]["tool"])(sample["image"], attempts[0]["params"]).image
-        except (ToolError, ValueError) as error:
-            logger.info("skipping a restored sample: %s", error)
+        first, restored = first_step(sample["image"], labels, report)
+        if restored is None:
             continue
         left = [d.value for d in labels if d != first]
         out.append({"image": restored, "labels": left, "severity": {}, "source": sample.get("source", "")})
@@ -912,7 +994,7 @@ def calibrate_hybrid(
     )
     estimators, clip_assessor = EstimatorAssessor(), saclip.SAClipAssessor(model)
     mixture_reports = [estimators.assess(sample["image"]) for sample in mixtures]
-    samples = [*single, *mixtures, *restored_samples(mixtures, loaded, mixture_reports)]
+    samples = [*single, *mixtures, *restored_samples(mixtures, FirstStep(policy), mixture_reports)]
     known = {len(single) + i: report for i, report in enumerate(mixture_reports)}  # assessed once, not twice
     sa_rows, est_rows = [], []
     for i, sample in enumerate(tqdm(samples, desc="hybrid calibration", unit="crop")):
@@ -1037,6 +1119,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         _fit_measurement_scaler(model, train_images, settings.image_size, args.seed, names)
     val = validation_set(val_images, settings.image_size, args.seed + 1, args.val_per_class, args.val_mixed, names)
     loader: Iterable[Mapping[str, torch.Tensor]]
+    if args.cache and args.p_restored > 0:
+        raise ValueError("--p-restored draws samples on the fly; it does not work with --cache")
     if args.cache:
         cache_dir = (
             Path(args.cache_dir)
@@ -1069,6 +1153,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             content_jitter=args.content_jitter,
             real=real_photos,
             p_real=args.p_real,
+            p_restored=args.p_restored,
         )
         loader = torch.utils.data.DataLoader(
             stream, batch_size=args.batch_size, num_workers=args.workers, persistent_workers=args.workers > 0
@@ -1092,6 +1177,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "validation_photos": len(val_images),
         "data": "calibration split of shared/data/clean (evals.synthesis.clean_split), last photos held out",
     }
+    if args.p_restored > 0:
+        record.update(
+            p_restored=args.p_restored,
+            data=record["data"] + f"; a share {args.p_restored:g} of the samples are mixtures after the agent's "
+            "first step (default policy), labelled with the degradations left",
+        )
     if args.p_real > 0:
         record.update(
             p_real=args.p_real,
@@ -1322,6 +1413,8 @@ def reproduce_command(settings: Mapping[str, Any], out: str = "agent/perception/
         parts.append(f"--content-jitter {record['content_jitter']:g}")
     if record.get("p_real"):
         parts.append(f"--p-real {record['p_real']:g}")
+    if record.get("p_restored"):
+        parts.append(f"--p-restored {record['p_restored']:g}")
     if record.get("extra_clean_sources"):
         parts.append("--extra-clean " + " ".join(record["extra_clean_sources"]))
     if settings.get("half_weights") and not first:  # set once, at the first stage
@@ -1424,6 +1517,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of samples that are crops of the real sets' training part, labelled with the set's dominant "
         "degradation (agent.perception.real_sets; 0: synthetic only). SOTS' clean references join the clean "
         "photos",
+    )
+    p.add_argument(
+        "--p-restored",
+        type=float,
+        default=0.0,
+        help="share of samples that are mixtures after the agent's first step (default policy), labelled with "
+        "the degradations left: what the verifier judges (not with --cache)",
     )
     p.add_argument(
         "--extra-clean",
