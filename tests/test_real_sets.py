@@ -147,11 +147,19 @@ def test_training_with_real_photos_records_them(tmp_path):
     args = ["--backend", "SACLIP-small", "--out", str(out), "--steps", "2", "--p-real", "0.5", "--shared", str(shared)]
     args += ["--batch-size", "4", "--val-images", "1", "--val-per-class", "1", "--val-mixed", "2"]
     args += ["--calibrate-per-class", "0", "--max-side", "72", "--warmup", "1", "--threads", "1"]
+    args += ["--p-restored", "0.25"]
     assert saclip_train.main(args) == 0
     record = json.loads((out / saclip.SETTINGS_FILE).read_text())["training"]
     assert record["p_real"] == 0.5 and record["real_photos"] == len(load_real_training(shared)[0])
     assert record["train_photos"] == 3 + len(load_real_training(shared)[1])  # 4 calibration photos, 1 validation
-    assert "--p-real 0.5" in (out / "MODEL_CARD.md").read_text()
+    assert record["p_restored"] == 0.25 and "after the agent's first step" in record["data"]
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "--p-real 0.5" in card and "--p-restored 0.25" in card
+    with pytest.raises(ValueError, match="on the fly"):
+        saclip_train.main(
+            [*args[: args.index(str(out))], str(tmp_path / "cached"), *args[args.index(str(out)) + 1 :], "--cache", "8"]
+        )
+    assert not (tmp_path / "cached").exists()
     bare = fake_shared(tmp_path / "bare", size=(72, 72))  # clean photos only: no real set to train on
     args[args.index(str(shared))], args[args.index(str(out))] = str(bare), str(tmp_path / "other")
     with pytest.raises(ValueError, match="no real training photos"):

@@ -63,7 +63,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -282,13 +282,14 @@ def make_restored_sample(
     clean_image: np.ndarray,
     size: int,
     rng: np.random.Generator,
-    first_step: FirstStep,
+    first_step: Callable[..., tuple[Degradation, np.ndarray | None]],
     margin: int = 16,
     measurement_names: Sequence[str] = (),
 ) -> dict[str, np.ndarray] | None:
     """A mixture after the agent's first step, labelled with the degradations left: what the verifier judges.
 
-    A crop carrying two or three degradations (:func:`draw_labels`) goes through ``first_step`` and is
+    A crop carrying two or three degradations (:func:`draw_labels`) goes through ``first_step`` (a
+    :class:`FirstStep`: ``(image, labels) -> (type undone, restored image or None)``) and is
     labelled with the other types and their synthesis severities. An assessor that sees only unrestored
     crops may read a type left on a restored image differently (haze, once a deblurring or upscaling step
     has sharpened the crop), and the verifier then holds that against a good step. ``None`` when the step
@@ -1058,6 +1059,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     """Run the training described by the parsed command-line ``args``; returns the last validation metrics."""
     from tqdm import tqdm
 
+    if args.cache and args.p_restored > 0:
+        raise ValueError("--p-restored draws samples on the fly; it does not work with --cache")
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -1119,8 +1122,6 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         _fit_measurement_scaler(model, train_images, settings.image_size, args.seed, names)
     val = validation_set(val_images, settings.image_size, args.seed + 1, args.val_per_class, args.val_mixed, names)
     loader: Iterable[Mapping[str, torch.Tensor]]
-    if args.cache and args.p_restored > 0:
-        raise ValueError("--p-restored draws samples on the fly; it does not work with --cache")
     if args.cache:
         cache_dir = (
             Path(args.cache_dir)
