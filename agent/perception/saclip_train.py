@@ -200,8 +200,20 @@ def make_sample(
         severities = {d: float(p.get("severity", 0.5)) for d, p in result.applied}
     else:
         degraded, severities = big, {}
-    cut = (slice(margin, margin + size), slice(margin, margin + size))
-    degraded, clean = degraded[cut], big[cut]
+    return _cut_sample(degraded, big, labels, severities, margin, measurement_names)
+
+
+def _cut_sample(
+    degraded: np.ndarray,
+    clean: np.ndarray,
+    labels: Sequence[Degradation],
+    severities: Mapping[Degradation, float],
+    margin: int,
+    measurement_names: Sequence[str],
+) -> dict[str, np.ndarray]:
+    """The sample of a degraded crop and its clean crop, both ``margin`` pixels larger on each side than the sample."""
+    cut = (slice(margin, degraded.shape[0] - margin), slice(margin, degraded.shape[1] - margin))
+    degraded, clean = degraded[cut], clean[cut]
     sample = {"image": degraded.transpose(2, 0, 1).copy(), "clean": clean.transpose(2, 0, 1).copy()}
     sample.update(targets_for(labels, severities))
     if measurement_names:
@@ -304,14 +316,8 @@ def make_restored_sample(
     if restored is None:
         return None
     severities = {d: float(p.get("severity", 0.5)) for d, p in result.applied}
-    cut = (slice(margin, margin + size), slice(margin, margin + size))
-    image, clean = restored[cut], big[cut]
-    sample = {"image": image.transpose(2, 0, 1).copy(), "clean": clean.transpose(2, 0, 1).copy()}
-    sample.update(targets_for([d for d in labels if d != first], severities))
-    if measurement_names:
-        sample["measurements"] = measurement_row(image, measurement_names)
-        sample["clean_measurements"] = measurement_row(clean, measurement_names)
-    return sample
+    left = [d for d in labels if d != first]
+    return _cut_sample(restored, big, left, severities, margin, measurement_names)
 
 
 def measurement_row(image: np.ndarray, names: Sequence[str]) -> np.ndarray:
@@ -987,15 +993,14 @@ def calibrate_hybrid(
 
     from agent.perception.assessor import EstimatorAssessor
     from agent.perception.evaluate import synthetic_samples
-    from policies.schema import load_policy
 
-    loaded = load_policy(policy)
+    first_step = FirstStep(policy)
     single, mixtures = synthetic_samples(
         [(f"held-out-{i}", image) for i, image in enumerate(images)], per_class, mixed, seed, size
     )
     estimators, clip_assessor = EstimatorAssessor(), saclip.SAClipAssessor(model)
     mixture_reports = [estimators.assess(sample["image"]) for sample in mixtures]
-    samples = [*single, *mixtures, *restored_samples(mixtures, FirstStep(policy), mixture_reports)]
+    samples = [*single, *mixtures, *restored_samples(mixtures, first_step, mixture_reports)]
     known = {len(single) + i: report for i, report in enumerate(mixture_reports)}  # assessed once, not twice
     sa_rows, est_rows = [], []
     for i, sample in enumerate(tqdm(samples, desc="hybrid calibration", unit="crop")):
@@ -1005,7 +1010,7 @@ def calibrate_hybrid(
         est_rows.append([est_report.estimates[d].probability for d in TYPES])
     truth = np.array([[d.value in s["labels"] for d in TYPES] for s in samples])
     weights, scores = fit_hybrid_weights(
-        np.array(sa_rows), np.array(est_rows), truth, [loaded.presence_threshold(d) for d in TYPES]
+        np.array(sa_rows), np.array(est_rows), truth, [first_step.policy.presence_threshold(d) for d in TYPES]
     )
     model.settings.hybrid_weights = {d.value: float(w) for d, w in zip(TYPES, weights, strict=True)}
     return {
